@@ -1,0 +1,114 @@
+"""Property-based and heavier checks of `cl_scale.param` that would clutter the notebook.
+
+hypothesis (a dev dependency) draws widths, γ0 values and seeds, so the exact identities of the
+parameterization notebook are checked far from the handful of points the notebook shows."""
+import math
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from cl_scale.param import *
+
+f64 = torch.float64
+
+def _step(model, lr, x, y, task=None):
+    opt = make_optimizer(model, lr)
+    sgd_step(model, opt, x, y, task)
+    with torch.no_grad(): return model(x, task)
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(['ntp', 'mup']), g0=st.floats(0.01, 5.0), width=st.integers(1, 10_000), n0=st.integers(1, 512))
+def test_scale_identities(kind, g0, width, n0):
+    p = Parameterization(kind, g0 if kind == 'mup' else 1.0, base_width=n0)
+    s = p.scales(width)
+    assert math.isclose(s.readout_mult * s.gamma * math.sqrt(width), 1.0, rel_tol=1e-12)
+    assert math.isclose(s.hidden_mult, 1 / math.sqrt(width), rel_tol=1e-12)
+    # every parameterization is μP at its effective γ0: same readout multiplier and learning rate
+    eq = Parameterization('mup', s.gamma0_eff, base_width=n0)
+    assert math.isclose(eq.readout_mult(width), s.readout_mult, rel_tol=1e-12)
+    assert math.isclose(eq.lr_mult(width), s.lr_mult, rel_tol=1e-12)
+
+@settings(max_examples=12, deadline=None)
+@given(width=st.integers(2, 300), depth=st.integers(1, 3), seed=st.integers(0, 10_000), ro=st.sampled_from(['zero', 'centered']))
+def test_ntp_is_mup_at_effective_gamma0(width, depth, seed, ro):
+    ntp = Parameterization('ntp', readout=ro)
+    mup = Parameterization('mup', ntp.gamma0_eff(width), readout=ro)
+    nets = []
+    for p in (ntp, mup):
+        torch.manual_seed(seed); nets.append(MLP(7, width, depth, 2, p, dtype=f64))
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(9, 7, generator=g, dtype=f64), torch.randn(9, 2, generator=g, dtype=f64)
+    torch.testing.assert_close(nets[0](x), nets[1](x), rtol=0, atol=1e-10)
+    torch.testing.assert_close(_step(nets[0], 0.7, x, y), _step(nets[1], 0.7, x, y), rtol=0, atol=1e-10)
+
+@pytest.mark.parametrize('ro', ['zero', 'centered'])
+def test_resnet_mup_at_base_width_is_ntp(ro):
+    "μP with γ0 = 1 at the base width is NTP, for the ResNet too (forward, and two SGD steps)"
+    x, y = torch.randn(6, 1, 8, 8, dtype=f64), torch.randn(6, 3, dtype=f64)
+    nets = []
+    for p in (Parameterization('mup', 1.0, base_width=8, readout=ro), Parameterization('ntp', base_width=8, readout=ro)):
+        torch.manual_seed(0); nets.append(ResNet(1, 3, width=8, depth=3, param=p, dtype=f64))
+    torch.testing.assert_close(nets[0](x), nets[1](x), rtol=0, atol=1e-10)
+    for _ in range(2): outs = [_step(n, 0.5, x, y) for n in nets]
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-10)
+    assert (outs[0] - nets[0](x, centered=False) if ro == 'centered' else outs[0]).abs().max() > 0  # it did train
+
+def test_resnet_ntp_is_mup_at_effective_gamma0():
+    ntp = Parameterization('ntp', base_width=8, readout='centered')
+    mup = Parameterization('mup', ntp.gamma0_eff(32), base_width=8, readout='centered')
+    x, y = torch.randn(4, 1, 8, 8, dtype=f64), torch.randn(4, 2, dtype=f64)
+    nets = []
+    for p in (ntp, mup):
+        torch.manual_seed(1); nets.append(ResNet(1, 2, width=32, depth=3, param=p, dtype=f64))
+    torch.testing.assert_close(_step(nets[0], 0.5, x, y), _step(nets[1], 0.5, x, y), rtol=0, atol=1e-10)
+
+def test_resnet_heads_and_zero_output():
+    torch.manual_seed(0)
+    net = ResNet(3, 4, width=8, depth=3, param=Parameterization('mup', 0.3), n_heads=2)
+    x = torch.randn(5, 3, 16, 16)
+    assert torch.equal(net(x, 1).detach(), torch.zeros(5, 4))
+    with pytest.raises(IndexError, match='outside the 2 head'): net(x, 2)
+    assert net.width == 8 and net.features(x).shape == (5, 32)
+
+def test_centered_model_survives_state_dict_roundtrip():
+    "θ0 is saved with the model, so a reloaded centered model computes the same function"
+    torch.manual_seed(0)
+    p = Parameterization('mup', 0.5, readout='centered')
+    a = MLP(10, 64, 2, 3, p)
+    x, y = torch.randn(8, 10), torch.randn(8, 3)
+    for _ in range(3): out = _step(a, 1.0, x, y)
+    torch.manual_seed(123)
+    b = MLP(10, 64, 2, 3, p)
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b(x), out)
+    assert out.abs().max() > 1e-3
+
+def test_zero_readout_gives_no_hidden_gradient_on_the_first_step():
+    "The mechanism behind the O(γ0²) early movement with a zero readout"
+    torch.manual_seed(0)
+    net = MLP(10, 32, 2, 1, Parameterization('mup', 0.5))
+    loss = ((net(torch.randn(4, 10)) - 1)**2).mean()
+    loss.backward()
+    assert all(l.weight.grad.abs().max() == 0 for l in net.layers)
+    assert net.readout.weight.grad.abs().max() > 0
+
+def test_sp_is_pytorch_default_init():
+    torch.manual_seed(0)
+    net = MLP(300, 200, 1, 5, Parameterization('sp'))
+    w = net.layers[0].weight
+    bound = 1 / math.sqrt(300)
+    assert w.abs().max() <= bound and abs(w.std().item() - bound / math.sqrt(3)) < 0.02 * bound
+    assert net.scales.lr_mult == 1 and net.layers[0].mult == 1
+
+@pytest.mark.slow
+def test_resnet_coordinate_check():
+    "The ResNet passes the coordinate check too: μP flat in width, NTP shrinking like N^-1/2 (centered readout)"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 1, 8, 8, generator=g); y = torch.randn(16, 1, generator=g)
+    sl = {}
+    for kind, g0 in (('mup', 0.5), ('ntp', 1.0)):
+        p = Parameterization(kind, g0, base_width=16, readout='centered')
+        recs = coord_check(lambda w: ResNet(1, 1, width=w, depth=3, param=p), [16, 64, 256], x, y, lr=1.0, steps=2)
+        sl[kind] = coord_slopes(recs)
+    blocks = [k for k in sl['mup'] if k.startswith('blocks')]
+    assert all(abs(sl['mup'][k]) < 0.15 for k in blocks), sl['mup']
+    assert all(abs(sl['ntp'][k] + 0.5) < 0.15 for k in blocks), sl['ntp']
