@@ -369,13 +369,14 @@ def plot_coord_check(recs:list, title:str='', key:str='delta', ax=None):
     "Plot `key` (default the RMS change since init) against width, one line per layer and step, log-log"
     if ax is None: _, ax = plt.subplots(figsize=(4.2, 3.2))
     layers, steps = list(dict.fromkeys(r['layer'] for r in recs)), sorted({r['step'] for r in recs})
+    if key == 'delta': layers = [l for l in layers if l != 'readout']   # the readout's change *is* the output's
     for li, layer in enumerate(layers):
         for si, step in enumerate(steps):
             rs = [r for r in recs if r['layer'] == layer and r['step'] == step]
             ws = sorted({r['width'] for r in rs})
             m = [np.mean([r[key] for r in rs if r['width'] == w]) for w in ws]
-            ax.plot(ws, m, 'o-', color=f'C{li}', alpha=0.35 + 0.65 * (si + 1) / len(steps), ms=3,
-                    label=layer if si == len(steps) - 1 else None)
+            ax.plot(ws, m, 'o--' if layer == 'output' else 'o-', color='k' if layer == 'output' else f'C{li}',
+                    alpha=0.35 + 0.65 * (si + 1) / len(steps), ms=3, label=layer if si == len(steps) - 1 else None)
     ax.set(xscale='log', yscale='log', xlabel='width N', ylabel={'delta': 'RMS change since init', 'size': 'RMS size'}[key], title=title)
     ax.legend(fontsize=7)
     return ax
