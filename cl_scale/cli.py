@@ -126,7 +126,8 @@ def _md_report(cfg, parts, meta):
             L += ["| claim | measured | agrees |", "|---|---|---|"]
             L += [f"| {c.statement} | {c.measured} | {'✅ yes' if c.agrees else '❌ no'} |" for c in p.claims] + [""]
         if p.tables: L += ["Numbers: " + ', '.join(f"[{t}]({t})" for t in p.tables), ""]
-    L += ["## Configuration", "", "```json", json.dumps(asdict(cfg), indent=1), "```", ""]
+    conf = ',\n'.join(f'  "{k}": {json.dumps(v)}' for k, v in asdict(cfg).items())
+    L += ["## Configuration", "", "```json", "{\n" + conf + "\n}", "```", ""]
     return '\n'.join(L)
 
 def run_reproduce(cfg:ReproConfig=None, out_dir='results', only:list=None, progress:bool=True) -> Path:
