@@ -7,7 +7,7 @@ Docs: https://cl-scale.github.io/cl_scale/param.html.md"""
 # %% ../nbs/00_param.ipynb #f3ce1c28
 from __future__ import annotations
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
@@ -185,11 +185,8 @@ class ScaledModel(nn.Module):
         "The parameterization's factors at this model's width (readout multiplier of this model's readout)"
         return self.param.scales(self.width, self.readout.fan_in)
 
-    def _readout_init(self):
-        return {'zero': 'zero', 'centered': 'normal', 'random': 'normal'}[self.param.readout] if self.param.kind != 'sp' \
-            else {'zero': 'zero', 'centered': 'uniform', 'random': 'uniform'}[self.param.readout]
-
     def _hidden_init(self): return 'uniform' if self.param.kind == 'sp' else 'normal'
+    def _readout_init(self): return 'zero' if self.param.readout == 'zero' else self._hidden_init()
 
     def _finish_init(self):
         "Call at the end of a subclass's `__init__`: stores θ0 when the readout is centered"
@@ -332,9 +329,11 @@ def coord_check(make_model, widths, x, y, lr:float=4.0, steps:int=3, seeds=(0, 1
         model = make_model(width)
         layers = {n: m for n, m in model.named_modules() if isinstance(m, ScaledLayer)}
         outs, on = {}, [False]
-        def _hook(m, i, o, n): 
-            if on[0]: outs[n] = o.detach()
-        hooks = [m.register_forward_hook(lambda m, i, o, n=n: _hook(m, i, o, n)) for n, m in layers.items()]
+        def _hook(name):
+            def f(mod, inp, out):
+                if on[0]: outs[name] = out.detach()
+            return f
+        hooks = [m.register_forward_hook(_hook(n)) for n, m in layers.items()]
         def _forward():                       # layer outputs of θ (not of θ0, which a centered model also evaluates)
             on[0] = True
             with torch.no_grad(): model(x, centered=False) if isinstance(model, ScaledModel) else model(x)
@@ -354,16 +353,17 @@ def coord_check(make_model, widths, x, y, lr:float=4.0, steps:int=3, seeds=(0, 1
     return recs
 
 # %% ../nbs/00_param.ipynb #8b9cf81d
+def _by_width(recs, layer, step, key):
+    "Widths (sorted) and the mean over seeds of `key` at each, for one layer and step"
+    rs = [r for r in recs if r['layer'] == layer and r['step'] == step]
+    ws = sorted({r['width'] for r in rs})
+    return ws, [float(np.mean([r[key] for r in rs if r['width'] == w])) for w in ws]
+
 def coord_slopes(recs:list, step:int=None, key:str='delta') -> dict:
     "Least-squares slope of log(mean over seeds of `key`) against log(width), per layer, at `step` (default: last)"
     step = max(r['step'] for r in recs) if step is None else step
-    out = {}
-    for layer in dict.fromkeys(r['layer'] for r in recs):
-        rs = [r for r in recs if r['layer'] == layer and r['step'] == step]
-        ws = sorted({r['width'] for r in rs})
-        m = [np.mean([r[key] for r in rs if r['width'] == w]) for w in ws]
-        out[layer] = float(np.polyfit(np.log(ws), np.log(m), 1)[0])
-    return out
+    return {layer: float(np.polyfit(*np.log(_by_width(recs, layer, step, key)), 1)[0])
+            for layer in dict.fromkeys(r['layer'] for r in recs)}
 
 def plot_coord_check(recs:list, title:str='', key:str='delta', ax=None):
     "Plot `key` (default the RMS change since init) against width, one line per layer and step, log-log"
@@ -372,10 +372,7 @@ def plot_coord_check(recs:list, title:str='', key:str='delta', ax=None):
     if key == 'delta': layers = [l for l in layers if l != 'readout']   # the readout's change *is* the output's
     for li, layer in enumerate(layers):
         for si, step in enumerate(steps):
-            rs = [r for r in recs if r['layer'] == layer and r['step'] == step]
-            ws = sorted({r['width'] for r in rs})
-            m = [np.mean([r[key] for r in rs if r['width'] == w]) for w in ws]
-            ax.plot(ws, m, 'o--' if layer == 'output' else 'o-', color='k' if layer == 'output' else f'C{li}',
+            ax.plot(*_by_width(recs, layer, step, key), 'o--' if layer == 'output' else 'o-', color='k' if layer == 'output' else f'C{li}',
                     alpha=0.35 + 0.65 * (si + 1) / len(steps), ms=3, label=layer if si == len(steps) - 1 else None)
     ax.set(xscale='log', yscale='log', xlabel='width N', ylabel={'delta': 'RMS change since init', 'size': 'RMS size'}[key], title=title)
     ax.legend(fontsize=7)
