@@ -327,6 +327,8 @@ def coord_check(make_model, widths, x, y, lr:float=4.0, steps:int=3, seeds=(0, 1
     for width, seed in tqdm(todo, desc='coord check', disable=not progress, leave=False):
         torch.manual_seed(seed)
         model = make_model(width)
+        p0 = next(model.parameters())
+        xm, ym = x.to(p0.device, p0.dtype), y.to(p0.device, p0.dtype)   # the batch follows the model's device and dtype
         layers = {n: m for n, m in model.named_modules() if isinstance(m, ScaledLayer)}
         outs, on = {}, [False]
         def _hook(name):
@@ -336,17 +338,17 @@ def coord_check(make_model, widths, x, y, lr:float=4.0, steps:int=3, seeds=(0, 1
         hooks = [m.register_forward_hook(_hook(n)) for n, m in layers.items()]
         def _forward():                       # layer outputs of θ (not of θ0, which a centered model also evaluates)
             on[0] = True
-            with torch.no_grad(): model(x, centered=False) if isinstance(model, ScaledModel) else model(x)
+            with torch.no_grad(): model(xm, centered=False) if isinstance(model, ScaledModel) else model(xm)
             on[0] = False
-            with torch.no_grad(): return model(x), dict(outs)
+            with torch.no_grad(): return model(xm), dict(outs)
         try:
             f0, h0 = _forward()
             opt = make_optimizer(model, lr)
             for step in range(1, steps + 1):
-                sgd_step(model, opt, x, y)
-                f, outs = _forward()
+                sgd_step(model, opt, xm, ym)
+                f, h = _forward()
                 for n in layers:
-                    recs.append(dict(width=width, seed=seed, step=step, layer=n, delta=_rms(outs[n] - h0[n]), size=_rms(outs[n])))
+                    recs.append(dict(width=width, seed=seed, step=step, layer=n, delta=_rms(h[n] - h0[n]), size=_rms(h[n])))
                 recs.append(dict(width=width, seed=seed, step=step, layer='output', delta=_rms(f - f0), size=_rms(f)))
         finally:
             for h in hooks: h.remove()

@@ -112,3 +112,11 @@ def test_resnet_coordinate_check():
     blocks = [k for k in sl['mup'] if k.startswith('blocks')]
     assert all(abs(sl['mup'][k]) < 0.15 for k in blocks), sl['mup']
     assert all(abs(sl['ntp'][k] + 0.5) < 0.15 for k in blocks), sl['ntp']
+
+def test_coord_check_moves_the_batch_to_the_model():
+    "A float64 model checked on the default float32 batch: the batch follows the model's dtype"
+    x, y = coord_check_data(n=8, d_in=5)
+    recs = coord_check(lambda w: MLP(5, w, 1, 1, Parameterization('mup', 0.5), dtype=f64), [16, 32], x, y, steps=2, seeds=(0,))
+    assert {r['layer'] for r in recs} == {'layers.0', 'readout', 'output'}
+    assert len(recs) == 2 * 2 * 3 and all(math.isfinite(r['delta']) for r in recs)
+    assert all(r['delta'] > 0 for r in recs if r['step'] == 2)
