@@ -16,7 +16,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from fastcore.script import call_parse
 import cl_scale
-from .param import Parameterization, MLP, coord_check, coord_check_data, coord_slopes, plot_coord_check
+from .param import coord_check_data, coord_check_grid, coord_slopes, plot_coord_grid
 
 # %% auto #0
 __all__ = ['PARTS', 'ReproConfig', 'Claim', 'PartResult', 'coord_check_claims', 'part_coord_check', 'run_reproduce', 'reproduce']
@@ -87,23 +87,13 @@ def coord_check_claims(recs:list) -> list:
 
 def part_coord_check(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
     "Run the coordinate check, save its figure and records in `out`, and check its claims from the saved records"
-    x, y = coord_check_data()
-    runs, recs = {}, []
-    for ro in ('centered', 'zero'):
-        for kind in ('mup', 'ntp'):
-            p = Parameterization(kind, cfg.gamma0 if kind == 'mup' else 1.0, readout=ro)
-            rs = coord_check(lambda w: MLP(x.shape[1], w, cfg.depth, y.shape[1], p), cfg.widths, x, y,
-                             lr=cfg.lr, steps=cfg.steps, seeds=cfg.seeds, progress=progress)
-            runs[kind, ro] = rs
-            recs += [dict(kind=kind, readout=ro, **r) for r in rs]
+    runs = coord_check_grid(cfg.widths, *coord_check_data(), gamma0=cfg.gamma0, depth=cfg.depth, lr=cfg.lr,
+                            steps=cfg.steps, seeds=cfg.seeds, progress=progress)
+    recs = [dict(kind=kind, readout=ro, **r) for (kind, ro), rs in runs.items() for r in rs]
     with open(out/'coord_check.csv', 'w', newline='') as f:
         w = csv.DictWriter(f, _CC_FIELDS); w.writeheader(); w.writerows(recs)
-    fig, axs = plt.subplots(2, 2, figsize=(9, 6.5), sharey='row')
-    for i, ro in enumerate(('centered', 'zero')):
-        for j, kind in enumerate(('mup', 'ntp')):
-            plot_coord_check(runs[kind, ro], ax=axs[i, j],
-                             title=f"{'μP, γ0=%g' % cfg.gamma0 if kind == 'mup' else 'NTP'} — {ro} readout")
-    fig.tight_layout(); fig.savefig(out/'coord_check.png', dpi=110); plt.close(fig)
+    fig = plot_coord_grid(runs, cfg.gamma0)
+    fig.savefig(out/'coord_check.png', dpi=110); plt.close(fig)
     return PartResult('coord_check', 'Coordinate check: what the parameterization does to feature movement',
                       figures=['coord_check.png'], tables=['coord_check.csv'],
                       claims=coord_check_claims(_read_records(out/'coord_check.csv')),

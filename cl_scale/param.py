@@ -14,11 +14,12 @@ from torch import nn
 import torch.nn.functional as F
 from torch.func import functional_call
 import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['KINDS', 'READOUTS', 'Scales', 'Parameterization', 'ScaledLayer', 'ScaledLinear', 'ScaledConv2d', 'ScaledReadout',
-           'get_act', 'ScaledModel', 'MLP', 'ResNet', 'param_groups', 'make_optimizer', 'sgd_step', 'coord_check_data',
-           'coord_check', 'coord_slopes', 'plot_coord_check']
+__all__ = ['KINDS', 'READOUTS', 'GRID', 'Scales', 'Parameterization', 'ScaledLayer', 'ScaledLinear', 'ScaledConv2d',
+           'ScaledReadout', 'get_act', 'ScaledModel', 'MLP', 'ResNet', 'param_groups', 'make_optimizer', 'sgd_step',
+           'coord_check_data', 'coord_check', 'coord_slopes', 'plot_coord_check', 'coord_check_grid', 'plot_coord_grid']
 
 # %% ../nbs/00_param.ipynb #1992c18e
 KINDS = ('sp', 'ntp', 'mup')
@@ -321,7 +322,6 @@ def _rms(t): return t.float().pow(2).mean().sqrt().item()
 def coord_check(make_model, widths, x, y, lr:float=4.0, steps:int=3, seeds=(0, 1, 2), progress:bool=False) -> list:
     """Train `make_model(width)` for `steps` SGD steps on (x, y) at each width and seed; return one record per
     (width, seed, step, layer) with the RMS change of that layer's output since init (`delta`) and its RMS (`size`)."""
-    from tqdm.auto import tqdm
     recs = []
     todo = [(w, s) for w in widths for s in seeds]
     for width, seed in tqdm(todo, desc='coord check', disable=not progress, leave=False):
@@ -379,3 +379,24 @@ def plot_coord_check(recs:list, title:str='', key:str='delta', ax=None):
     ax.set(xscale='log', yscale='log', xlabel='width N', ylabel={'delta': 'RMS change since init', 'size': 'RMS size'}[key], title=title)
     ax.legend(fontsize=7)
     return ax
+
+# %% ../nbs/00_param.ipynb #9271dfd0
+GRID = tuple((kind, ro) for ro in ('centered', 'zero') for kind in ('mup', 'ntp'))
+
+def coord_check_grid(widths, x, y, gamma0:float=0.5, depth:int=3, lr:float=4.0, steps:int=3, seeds=(0, 1, 2),
+                     progress:bool=False) -> dict:
+    "`coord_check` of an MLP under μP(`gamma0`) and NTP, each with a centered and a zero readout: {(kind, readout): records}"
+    runs = {}
+    for kind, ro in GRID:
+        p = Parameterization(kind, gamma0 if kind == 'mup' else 1.0, readout=ro)
+        runs[kind, ro] = coord_check(lambda w: MLP(x.shape[1], w, depth, y.shape[1], p), widths, x, y,
+                                     lr=lr, steps=steps, seeds=seeds, progress=progress)
+    return runs
+
+def plot_coord_grid(runs:dict, gamma0:float=0.5):
+    "Draw the runs of `coord_check_grid` as a 2 × 2 figure; returns the figure"
+    fig, axs = plt.subplots(2, 2, figsize=(9, 6.5), sharey='row')
+    for (kind, ro), ax in zip(GRID, axs.flat):
+        plot_coord_check(runs[kind, ro], ax=ax, title=f"{f'μP, γ0={gamma0:g}' if kind == 'mup' else 'NTP'} — {ro} readout")
+    fig.tight_layout()
+    return fig
