@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap, grad
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
-from .param import Parameterization, ScaledModel, MLP, ResNet, make_optimizer, param_groups, ScaledLayer
+from .param import Parameterization, ScaledModel, MLP, ResNet, make_optimizer, param_groups, ScaledLayer, ScaledLinear
 from .data import StreamConfig, TaskStream, Task, make_stream
 
 # %% auto #0
@@ -111,19 +111,55 @@ def lr_mults(model) -> dict:
         isinstance(m, ScaledLayer) for m in model.modules()) else {}
     return {n: ids.get(id(p), 1.0) for n, p in model.named_parameters() if p.requires_grad}
 
+def _dense_layers(model) -> dict:
+    "Name → module of the dense layers whose NTK block factorises: ScaledLinear (y = m·W a) and nn.Linear (y = W a + b)"
+    return {n: m for n, m in model.named_modules() if isinstance(m, (ScaledLinear, nn.Linear))}
+
 def empirical_ntk(model, x:torch.Tensor, task=None) -> torch.Tensor:
     "The learning-rate-weighted trace NTK Σ_k Σ_p η_p ∂f_k(x)·∂f_k(x') on inputs `x` (n × n, float64)"
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    rest = {**{n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}, **dict(model.named_buffers())}
     mult, kw = lr_mults(model), ({'task': task, 'centered': False} if isinstance(model, ScaledModel) else {})
-    n_out = call_model(model, x[:1], task).shape[-1]
+    dense, ins, outs = _dense_layers(model), {}, {}
+    def hook(name):
+        def h(mod, inp, out):
+            if name in ins: ins[name] = None      # applied twice (weight sharing): no factorisation, use the fallback
+            else: ins[name], outs[name] = inp[0].detach(), out
+        return h
+    handles = [m.register_forward_hook(hook(n)) for n, m in dense.items()]
+    try:
+        with torch.enable_grad(): out = call_model(model, x, task) if not kw else model(x, **kw)
+    finally:
+        for h in handles: h.remove()
+    dense = {n: m for n, m in dense.items() if ins.get(n) is not None and ins[n].dim() == 2}   # (batch, features) only
+    dense_p = {f"{n}.{pn}" for n, m in dense.items() for pn, p in m.named_parameters(recurse=False) if p.requires_grad}
+    live = [n for n in dense if outs[n].requires_grad]
     K = torch.zeros(len(x), len(x), dtype=torch.float64, device=x.device)
-    for k in range(n_out):
-        def f(p, xi): return functional_call(model, (p, rest), (xi[None],), kw)[0, k]
-        J = vmap(grad(f), in_dims=(None, 0))(params, x)
-        for n, j in J.items():
-            j = j.flatten(1).double()
-            K += mult[n] * (j @ j.T)
+    A = {n: ins[n].double() @ ins[n].double().T for n in live}
+    # dense layers: ∂f_k/∂W = m·δ_k aᵀ, so their block is m²·(Δ_k Δ_kᵀ) ⊙ (A Aᵀ), with δ_k = ∂f_k/∂(layer output)
+    for k in range(out.shape[-1] if live else 0):
+        deltas = torch.autograd.grad(out[:, k].sum(), [outs[n] for n in live], retain_graph=True, allow_unused=True)
+        for n, d in zip(live, deltas):
+            if d is None: continue
+            D = d.flatten(1).double(); DD = D @ D.T; m = dense[n]
+            if isinstance(m, ScaledLinear): K += mult[f"{n}.weight"] * m.mult**2 * DD * A[n]
+            else:
+                if m.weight.requires_grad: K += mult[f"{n}.weight"] * DD * A[n]
+                if m.bias is not None and m.bias.requires_grad: K += mult[f"{n}.bias"] * DD
+    # every other parameter (readout, convolutions, ...): per-sample gradients with torch.func, one output at a time
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad and n not in dense_p}
+    if params:
+        fixed = {**{n: p.detach() for n, p in model.named_parameters() if n not in params}, **dict(model.named_buffers())}
+        def f(p, xi, ti, k): return functional_call(model, (p, fixed), (xi[None],), {**kw, 'task': ti} if kw else {})[0, k]
+        def jac(xs, ti, k): return vmap(grad(f), in_dims=(None, 0, None, None))(params, xs, ti, k)
+        for k in range(out.shape[-1]):
+            if isinstance(task, torch.Tensor) and task.dim() > 0:   # per-sample heads: one vmap per head, reassembled
+                J = {n: torch.zeros(len(x), *p.shape, dtype=p.dtype, device=p.device) for n, p in params.items()}
+                for h in task.unique().tolist():
+                    idx = task == h
+                    for n, j in jac(x[idx], int(h), k).items(): J[n][idx] = j
+            else: J = jac(x, task, k)
+            for n, j in J.items():
+                j = j.flatten(1).double()
+                K += mult[n] * (j @ j.T)
     return K
 
 def weight_change(model, ref:dict) -> dict:
@@ -247,6 +283,7 @@ def train_continual(model:nn.Module, stream:TaskStream, cfg:TrainConfig=None, op
     use_feats = cfg.n_probe > 0 and hasattr(model, 'features')
     probe = tasks[0].x_test[:cfg.n_probe] if use_feats else None
     probe_head = tasks[0].heads('test', torch.arange(len(probe))) if use_feats else None
+    if isinstance(probe_head, torch.Tensor) and (probe_head == probe_head[0]).all(): probe_head = int(probe_head[0])
     snap_f = lambda: model_features(model, probe).cpu()
     snap_k = lambda: empirical_ntk(model, probe[:cfg.n_ntk], probe_head if isinstance(probe_head, int) else probe_head[:cfg.n_ntk]).cpu()
     feats = [snap_f()] if use_feats else None

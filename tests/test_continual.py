@@ -95,3 +95,36 @@ def test_joint_training_through_the_same_loop():
     # each task's head was trained on its own samples: evaluate per task
     accs = [evaluate(m, t)[0] for t in stream]
     assert min(accs) > 0.85
+
+def _ntk_by_definition(model, x, task=None, **kw):
+    "The trace NTK from one autograd call per sample and output (slow, obviously right)"
+    mult, names = lr_mults(model), [n for n, p in model.named_parameters() if p.requires_grad]
+    ps = [p for n, p in model.named_parameters() if p.requires_grad]
+    out = lambda i: (model(x[i:i + 1], task if not isinstance(task, torch.Tensor) else task[i:i + 1], **kw)
+                     if isinstance(model, ScaledModelT) else model(x[i:i + 1]))
+    n_out = out(0).shape[-1]
+    K = torch.zeros(len(x), len(x), dtype=torch.float64)
+    for k in range(n_out):
+        J = torch.stack([torch.cat([(math.sqrt(mult[n]) * g).flatten().double() for n, g in
+                                    zip(names, torch.autograd.grad(out(i)[0, k], ps, allow_unused=False))]) for i in range(len(x))])
+        K += J @ J.T
+    return K
+
+from cl_scale.param import ScaledModel as ScaledModelT, ResNet
+
+def test_ntk_plain_linear_with_biases():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(empirical_ntk(m, x), _ntk_by_definition(m, x), rtol=1e-10, atol=1e-12)
+
+def test_ntk_resnet_and_per_sample_heads():
+    torch.manual_seed(0)
+    r = ResNet(1, 3, width=4, depth=2, n_stages=2, param=Parameterization('mup', gamma0=0.7, readout='centered'), n_heads=2, dtype=torch.float64)
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    heads = torch.tensor([0, 1, 1, 0])
+    torch.testing.assert_close(empirical_ntk(r, x, heads), _ntk_by_definition(r, x, heads, centered=False), rtol=1e-9, atol=1e-12)
+    mlp = MLP(10, 12, 2, 3, Parameterization('ntp', readout='centered'), n_heads=2, dtype=torch.float64)
+    x = torch.randn(5, 10, dtype=torch.float64)
+    heads = torch.tensor([1, 0, 1, 1, 0])
+    torch.testing.assert_close(empirical_ntk(mlp, x, heads), _ntk_by_definition(mlp, x, heads, centered=False), rtol=1e-10, atol=1e-12)
