@@ -1,0 +1,87 @@
+"""Checks of `cl_scale.dmft` beyond the notebook: closed forms and kernels on random inputs (hypothesis), the
+solver = finite network identity for more settings, reproducibility, streams as input, and (slow) a second
+convergence study."""
+import math
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from cl_scale.dmft import *
+
+def _psd(n, seed, rank=None):
+    A = np.random.default_rng(seed).standard_normal((n, rank or n))
+    return A @ A.T / (rank or n)
+
+@settings(max_examples=25, deadline=None)
+@given(n1=st.integers(1, 6), n2=st.integers(1, 6), k1=st.integers(0, 20), k2=st.integers(0, 20), seed=st.integers(0, 10**6),
+       rank=st.integers(1, 12), eta=st.floats(0.05, 1.5))
+def test_lazy_closed_form_is_the_iteration(n1, n2, k1, k2, seed, rank, eta):
+    P = n1 + n2
+    K = _psd(P, seed, rank)                                       # often singular: no inverse may be taken
+    y = np.random.default_rng(seed + 1).standard_normal(P)
+    prob = DMFTProblem(np.eye(P), y, (n1, n2))
+    got = lazy_two_layer(prob, [k1, k2], eta0=eta, K=K)
+    D, want = y.copy(), [[0.5 * np.mean(y[:n1] ** 2), 0.5 * np.mean(y[n1:] ** 2)]]
+    for c, (sl, k) in enumerate(((slice(0, n1), k1), (slice(n1, P), k2))):
+        for _ in range(k):
+            D = D - eta / (sl.stop - sl.start) * K[:, sl] @ D[sl]
+            want.append([0.5 * np.mean(D[:n1] ** 2), 0.5 * np.mean(D[n1:] ** 2)])
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-9, atol=1e-12)
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 8), seed=st.integers(0, 10**6), rank=st.integers(1, 8))
+def test_arccos_kernels_are_psd_kernels(n, seed, rank):
+    K = _psd(n, seed, rank)
+    for act in ('relu', 'linear'):
+        Phi, Gd = arccos_kernels(K, act)
+        assert np.linalg.eigvalsh(Phi).min() > -1e-10 and np.linalg.eigvalsh(Gd).min() > -1e-10
+        assert np.linalg.eigvalsh(lazy_kernel(K, act, 'centered')).min() > -1e-10
+    Phi, Gd = arccos_kernels(2.5 * K)                             # degree-1 kernel is 1-homogeneous, degree-0 is 0-homogeneous
+    np.testing.assert_allclose(Phi, 2.5 * arccos_kernels(K)[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(Gd, arccos_kernels(K)[1], atol=1e-7)   # arccos near ±1 amplifies rounding to ~√ε
+
+@settings(max_examples=20, deadline=None)
+@given(eps=st.floats(0, 1), T=st.integers(1, 4), seed=st.integers(0, 1000))
+def test_similarity_model_gram(eps, T, seed):
+    p = similarity_problem(eps, n_tasks=T, P=5, D=7, seed=seed)
+    K1 = p.Kx[:5, :5]
+    C = np.full((T, T), eps); np.fill_diagonal(C, 1.0)
+    np.testing.assert_allclose(p.Kx, np.kron(C, K1), atol=1e-12)
+
+@pytest.mark.parametrize('act,readout', [('linear', 'zero'), ('relu', 'centered'), ('linear', 'centered')])
+def test_solver_is_the_finite_network_three_tasks(act, readout):
+    prob = similarity_problem(0.6, n_tasks=3, P=7, D=9, seed=2)
+    fin, net, (W0, w0) = finite_two_layer(prob, 32, gamma0=0.7, steps=[15, 10, 5], eta0=0.4, act=act, readout=readout,
+                                          base_width=16, return_model=True)
+    h0 = (torch.as_tensor(prob.X) @ W0.T / math.sqrt(prob.X.shape[1])).T
+    sol = solve_two_layer(prob, gamma0=0.7, steps=[15, 10, 5], eta0=0.4, S=32, act=act, readout=readout, base_width=16,
+                          init_fields=(h0, w0[0, 0]), dtype=torch.float64)
+    np.testing.assert_allclose(sol.loss, fin, rtol=1e-9, atol=1e-13)
+    assert sol.task_end_steps == [15, 25, 30]
+
+def test_reproducible_and_bounded_memory():
+    prob = similarity_problem(0.5, P=10, D=10)
+    a, b, c = (solve_two_layer(prob, steps=20, S=500, seed=s, snapshot_steps=(0, 40) if s == 0 else ()) for s in (0, 0, 1))
+    np.testing.assert_array_equal(a.loss, b.loss)
+    assert not np.array_equal(a.loss, c.loss)
+    assert sorted(a.snapshots) == [0, 40] and a.snapshots[0]['h'].shape == (500, 20) and not c.snapshots
+    np.testing.assert_allclose(a.snapshots[0]['z'], 0)             # zero readout at step 0
+
+def test_problem_from_stream():
+    from cl_scale.data import make_stream
+    stream = make_stream(kind='permuted', p=0.5, n_tasks=2)
+    prob = problem_from_stream(stream, n_per_task=30)
+    assert prob.task_sizes == (30, 30) and prob.X.shape == (60, 64)
+    np.testing.assert_array_equal(prob.y[:30], prob.y[30:])        # the same images in every task
+    assert sorted(set(prob.y)) == [-1.0, 1.0] and (prob.y == 1).sum() == 30
+    r = solve_two_layer(prob, gamma0=0.5, steps=50, S=2000)
+    assert r.loss[50, 0] < r.loss[0, 0]
+    with pytest.raises(ValueError, match='two classes'): problem_from_stream(stream, classes=(0, 1, 2))
+
+@pytest.mark.slow
+def test_convergence_wider_networks_more_seeds():
+    "Away from the smallest width, with 24 seeds, the fluctuation of a finite network shrinks like N^-1/2 (~2 min)"
+    study = convergence_study(similarity_problem(0.25, n_tasks=2, P=30, D=20, seed=1), widths=(256, 1024, 4096, 16384),
+                              gamma0=0.5, steps=100, seeds=range(24))
+    assert abs(study['slopes']['fluct'] + 0.5) < 0.1, study['slopes']
+    assert np.all(np.diff(study['gap']) < 0) and np.all(np.diff(study['fluct']) < 0)
