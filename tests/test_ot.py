@@ -1,0 +1,232 @@
+"""Property-based and edge-case checks of `cl_scale.ot` that would clutter the notebook.
+
+hypothesis draws sizes, point clouds, masses and regularisations, so the guarantees stated in `nbs/20_ot.ipynb`
+(non-negative plans with the right marginals, EMD never costlier than Sinkhorn, a warning exactly when `tol` is
+missed, exact symmetric costs, normalised maps) are checked far from the few examples the notebook shows."""
+import math, warnings
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, assume, strategies as st
+import cl_scale.ot as clot
+from cl_scale.ot import *
+from cl_scale.ot import _denormals_flushed
+
+f64 = torch.float64
+
+def _solve(C, solver, **kw):
+    "ot_plan, returning the plan and whether it warned (any other warning fails the test)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        P = ot_plan(C, solver, **kw)
+    assert all(issubclass(w.category, OTConvergenceWarning) for w in caught), [str(w.message) for w in caught]
+    return P, bool(caught)
+
+@st.composite
+def clouds(draw, max_n=12, max_d=6):
+    "Two point clouds (n_A, d) and (n_B, d) from a seed, at a drawn spread"
+    na, nb, d = draw(st.integers(1, max_n)), draw(st.integers(1, max_n)), draw(st.integers(1, max_d))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    return scale * torch.randn(na, d, generator=g, dtype=f64), scale * torch.randn(nb, d, generator=g, dtype=f64)
+
+@st.composite
+def masses(draw, n, zeros=True):
+    w = np.array(draw(st.lists(st.floats(0.0 if zeros else 0.05, 1.0), min_size=n, max_size=n)))
+    assume(w.sum() > 0.05)
+    return torch.tensor(w / w.sum(), dtype=f64)
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), solver=st.sampled_from(SOLVERS), reg=st.sampled_from([0.003, 0.02, 0.05, 0.3, 2.0]))
+def test_plans_are_nonnegative_with_marginals(data, solver, reg):
+    xa, xb = data.draw(clouds())
+    a = data.draw(masses(len(xa))) if data.draw(st.booleans()) else None
+    b = data.draw(masses(len(xb))) if data.draw(st.booleans()) else None
+    C = cost_matrix(xa, xb)
+    P, warned = _solve(C, solver, reg=reg, a=a, b=b, num_iter_max=3000)
+    assert P.dtype == f64 and P.shape == C.shape and torch.isfinite(P).all() and (P >= 0).all()
+    err = marginal_error(P, a, b)
+    assert warned == (err > 1e-7)                     # a warning exactly when the marginals miss tol
+    if solver == 'emd': assert not warned and err < 1e-12
+    am = torch.full((len(xa),), 1 / len(xa), dtype=f64) if a is None else a
+    bm = torch.full((len(xb),), 1 / len(xb), dtype=f64) if b is None else b
+    assert (P.sum(1) - am).abs().max() <= err + 1e-15 and (P.sum(0) - bm).abs().max() <= err + 1e-15
+    assert (P[am == 0] == 0).all() and (P[:, bm == 0] == 0).all()   # zero mass: nothing transported
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), reg=st.sampled_from([0.01, 0.03, 0.1, 0.5]))
+def test_emd_is_never_costlier_than_sinkhorn(data, reg):
+    xa, xb = data.draw(clouds())
+    C = cost_matrix(xa, xb)
+    Pe, _ = _solve(C, 'emd')
+    Ps, _ = _solve(C, 'sinkhorn', reg=reg, num_iter_max=5000)
+    # the Sinkhorn plan is feasible only up to its marginal error, which can lower its cost by at most that much mass × max C
+    slack = (len(xa) + len(xb)) * marginal_error(Ps) * C.max().item() + 1e-12
+    assert (Pe * C).sum() <= (Ps * C).sum() + slack
+    # and the entropic gap is bounded by reg·log(n_A·n_B)
+    assert (Ps * C).sum() - (Pe * C).sum() <= reg * math.log(len(xa) * len(xb)) + slack
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 40), d=st.integers(1, 30), seed=st.integers(0, 2**31 - 1), noise=st.sampled_from([0.0, 1e-9, 1e-4]))
+def test_emd_recovers_a_permutation(n, d, seed, noise):
+    g = torch.Generator().manual_seed(seed)
+    xa = torch.randn(n, d, generator=g, dtype=f64)
+    assume(n == 1 or torch.pdist(xa).min() > 1e-2)      # distinct neurons, so the matching is unique
+    perm = torch.randperm(n, generator=g)
+    tm = transport_map(xa, xa[perm] + noise * torch.randn(n, d, generator=g, dtype=f64))
+    assert tm.is_permutation() and torch.equal(tm.rows.argmax(0), perm) and torch.equal(tm.cols.argmax(0), perm)
+    assert tm.sharpness == pytest.approx(1.0, abs=1e-12)
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_cost_matrix_of_a_cloud_with_itself(data):
+    xa, _ = data.draw(clouds(max_n=30, max_d=40))
+    if data.draw(st.booleans()): xa = torch.cat([xa, xa[:3]])      # duplicated neurons
+    C = cost_matrix(xa, xa)
+    assert C.dtype == f64 and torch.equal(C, C.T)
+    assert (C.diagonal() == 0).all() and C.min() >= 0 and C.max() <= 1
+    assert C.max() == 1 or (C == 0).all()
+    raw = cost_matrix(xa, xa, normalize=None)
+    assert torch.allclose(raw, (xa[:, None] - xa[None]).norm(dim=-1), rtol=1e-9, atol=1e-12 * raw.max().item())
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), shift=st.floats(-100, 100), scale=st.floats(1e-3, 1e3))
+def test_cost_matrix_is_invariant_to_shifts_and_scales(data, shift, scale):
+    xa, xb = data.draw(clouds())
+    C = cost_matrix(xa, xb)
+    assert torch.allclose(cost_matrix(scale * xa, scale * xb), C, atol=1e-9)
+    spread = max(xa.abs().max().item(), xb.abs().max().item())
+    assume(abs(shift) < 1e3 * spread)                 # a huge shift would swamp the points in rounding
+    assert torch.allclose(cost_matrix(xa + shift, xb + shift), C, atol=1e-6)
+
+def test_cost_matrix_is_exact_for_coincident_points():
+    "A neuron and its exact copy are at distance 0, not cdist's ~1e-6, in a wide cloud"
+    g = torch.Generator().manual_seed(0)
+    x = standardize(torch.randn(300, 3000, generator=g, dtype=f64))
+    assert torch.cdist(x, x).diagonal().abs().max() > 0                  # what the fast path alone gives
+    y = x.clone(); y[5] += 1e-7                                          # and a near copy keeps its tiny distance
+    C = cost_matrix(x, y, normalize=None)
+    assert C.diagonal()[torch.arange(300) != 5].abs().max() == 0
+    assert C[5, 5].item() == pytest.approx(1e-7 * math.sqrt(3000), rel=1e-6)
+
+@settings(max_examples=60, deadline=None)
+@given(na=st.integers(1, 9), nb=st.integers(1, 9), seed=st.integers(0, 2**31 - 1), zero_frac=st.floats(0, 0.7))
+def test_row_and_col_maps_are_normalised(na, nb, seed, zero_frac):
+    g = torch.Generator().manual_seed(seed)
+    P = torch.rand(na, nb, generator=g, dtype=f64) * (torch.rand(na, nb, generator=g, dtype=f64) > zero_frac)
+    R, Q = row_map(P), col_map(P)
+    rs, cs = P.sum(1) > 0, P.sum(0) > 0
+    assert torch.isfinite(R).all() and torch.isfinite(Q).all()
+    assert torch.allclose(R.sum(1)[rs], torch.ones(int(rs.sum()), dtype=f64)) and (R[~rs] == 0).all()
+    assert torch.allclose(Q.sum(0)[cs], torch.ones(int(cs.sum()), dtype=f64)) and (Q[:, ~cs] == 0).all()
+    assert torch.equal(row_map(TransportMap(P, 'emd')), R) and torch.equal(TransportMap(P, 'emd').cols, Q)
+
+@settings(max_examples=40, deadline=None)
+@given(na=st.integers(1, 12), nb=st.integers(1, 12), seed=st.integers(0, 2**31 - 1), solver=st.sampled_from(SOLVERS))
+def test_rectangular_maps_versus_otfusion_scaling(na, nb, seed, solver):
+    g = torch.Generator().manual_seed(seed)
+    tm = transport_map(torch.randn(na, 3, generator=g), torch.randn(nb, 3, generator=g), solver, reg=0.1)
+    assert tm.shape == (na, nb)
+    assert torch.allclose(tm.rows, na * tm.P, atol=1e-5) and torch.allclose(tm.cols, nb * tm.P, atol=1e-5)
+    assert torch.allclose((na * tm.P).sum(0), torch.full((nb,), na / nb, dtype=f64), atol=1e-5)  # OTFusion's T
+    assert tm.is_permutation() == (na == nb and (solver == 'emd' or na == 1))
+
+@settings(max_examples=40, deadline=None)
+@given(acts=st.integers(0, 2**31 - 1), n=st.integers(1, 10), d=st.integers(2, 50),
+       scale=st.floats(1e-3, 1e3), shift=st.floats(-1e3, 1e3))
+def test_standardize_is_affine_invariant(acts, n, d, scale, shift):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(acts), dtype=f64)
+    z = standardize(x)
+    assert torch.allclose(z.mean(1), torch.zeros(n, dtype=f64), atol=1e-12)
+    assert torch.allclose(z.pow(2).mean(1), torch.ones(n, dtype=f64), atol=1e-6)
+    # equal up to the 1e-9 added to the standard deviation, which matters for rows of tiny spread
+    sd = scale * x.std(1, correction=0).min().item()
+    assert torch.allclose(standardize(scale * x + shift), z, atol=1e-6 + 2e-9 / sd * z.abs().max().item())
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 5), n=st.integers(1, 8), seed=st.integers(0, 2**31 - 1), uniform=st.booleans())
+def test_mixed_maps_keep_their_marginals(k, n, seed, uniform):
+    g = torch.Generator().manual_seed(seed)
+    maps = [transport_map(torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)) for _ in range(k)]
+    w = None if uniform else torch.rand(k, generator=g, dtype=f64) + 0.01
+    m = mix_maps(maps, None if w is None else w / w.sum())
+    assert m.solver == 'mixed' and m.shape == (n, n) and marginal_error(m.P) < 1e-12
+    ww = torch.full((k,), 1 / k, dtype=f64) if w is None else w / w.sum()
+    assert torch.allclose(m.P, sum(wi * mp.P for wi, mp in zip(ww, maps)), atol=1e-15)
+    assert mix_maps([identity_map(n)] * k).is_permutation()
+
+# --- Numerics and failure paths ---
+
+def _gaussian_cost(n=64, d=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return cost_matrix(torch.randn(n, d, generator=g, dtype=f64), torch.randn(n, d, generator=g, dtype=f64))
+
+def test_plain_sinkhorn_falls_back_to_the_log_domain(monkeypatch):
+    "If the plain solver reports numerical errors (here forced by moving the threshold), the solve is redone in logs"
+    C = _gaussian_cost()
+    monkeypatch.setattr(clot, 'LOG_DOMAIN_BELOW', 1e-6)
+    P, warned = _solve(C, 'sinkhorn', reg=0.001, num_iter_max=1000)
+    assert torch.isfinite(P).all() and 64 * marginal_error(P) < 0.01 and warned
+
+@pytest.mark.parametrize('before', [False, True])
+def test_denormal_flag_is_restored(before):
+    C = _gaussian_cost(16, 4)
+    torch.set_flush_denormal(before)
+    try:
+        assert _denormals_flushed() == before
+        for reg in (0.001, 0.05): _solve(C, 'sinkhorn', reg=reg, num_iter_max=50)
+        assert _denormals_flushed() == before
+    finally: torch.set_flush_denormal(False)
+
+@pytest.mark.parametrize('solver', SOLVERS)
+def test_a_non_finite_plan_is_never_returned(monkeypatch, solver):
+    nan = lambda a, b, M, *args, **kw: (torch.full(M.shape, float('nan'), dtype=f64), {'niter': 1, 'result_code': 1, 'warning': None})
+    monkeypatch.setattr(clot.ot, 'emd' if solver == 'emd' else 'sinkhorn', nan)
+    with pytest.raises(ValueError, match='NaN or infinite'):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            ot_plan(_gaussian_cost(8, 3), solver, reg=0.05)
+
+def test_non_convergence_warns():
+    with pytest.warns(OTConvergenceWarning, match=r'Sinkhorn \(sinkhorn_log, reg=0.001\).*marginal error.*raise num_iter_max or reg'):
+        ot_plan(_gaussian_cost(32, 8), 'sinkhorn', reg=0.001, num_iter_max=2)
+    with pytest.warns(OTConvergenceWarning, match=r'EMD stopped before optimality.*raise num_iter_max'):
+        ot_plan(_gaussian_cost(32, 8), 'emd', num_iter_max=5)
+
+def test_other_pot_warnings_pass_through(monkeypatch):
+    "Warnings that are not about convergence are not swallowed"
+    real = clot.ot.sinkhorn
+    def noisy(*args, **kw):
+        warnings.warn('something else', DeprecationWarning)
+        return real(*args, **kw)
+    monkeypatch.setattr(clot.ot, 'sinkhorn', noisy)
+    with pytest.warns(DeprecationWarning, match='something else'):
+        ot_plan(_gaussian_cost(8, 3), 'sinkhorn', reg=0.1)
+
+def test_inputs_of_other_types():
+    "numpy arrays, nested lists and float32 tensors are accepted; results are float64"
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    assert cost_matrix(x, x.tolist()).dtype == f64
+    P = ot_plan(cost_matrix(x, x).float(), a=np.full(6, 1 / 6, dtype=np.float32), b=[1 / 6] * 6)
+    assert P.dtype == f64 and TransportMap(P, 'emd').is_permutation()
+
+@pytest.mark.parametrize('call, match', [
+    (lambda C: ot_plan(C, 'greedy'), "unknown solver 'greedy'"),
+    (lambda C: ot_plan(C, 'sinkhorn', reg=0), 'reg must be a positive'),
+    (lambda C: ot_plan(C, 'sinkhorn', reg=True), 'reg must be a positive'),
+    (lambda C: ot_plan(C, 'sinkhorn', reg=float('inf')), 'reg must be a positive'),
+    (lambda C: ot_plan(C, a=torch.full((4,), 0.3)), 'a must sum to 1'),
+    (lambda C: ot_plan(C, b=[0.5, 0.5]), 'b must be a 1-D vector of 5 masses'),
+    (lambda C: ot_plan(C, a=[1.0, 0.0, 0.5, -0.5]), 'a has negative masses'),
+    (lambda C: ot_plan(C, a=[1.0, 0.0, float('nan'), 0.0]), 'NaN or infinite'),
+    (lambda C: ot_plan(C[None]), 'C must be a 2-D cost matrix'),
+    (lambda C: ot_plan(C[0]), 'C must be a 2-D cost matrix'),
+    (lambda C: ot_plan(C, num_iter_max=2.5), 'num_iter_max must be a positive integer'),
+    (lambda C: transport_map(C, C[:, :2]), 'same number of features'),
+    (lambda C: mix_maps([C, C.T]), 'same shape'),
+    (lambda C: identity_map(2.0), 'positive integer'),
+    (lambda C: TransportMap(C[0], 'emd'), 'must be 2-D'),
+])
+def test_bad_input(call, match):
+    C = torch.rand(4, 5, dtype=f64)
+    with pytest.raises(ValueError, match=match): call(C)
