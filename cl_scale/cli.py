@@ -23,8 +23,9 @@ from .dmft import similarity_problem, solve_two_layer, lazy_two_layer, convergen
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PARTS', 'ReproConfig', 'Claim', 'PartResult', 'coord_check_claims', 'part_coord_check', 'continual_claims',
-           'plot_continual_part', 'part_continual', 'dmft_claims', 'part_dmft', 'run_reproduce', 'reproduce']
+__all__ = ['PARTS', 'ReproConfig', 'Claim', 'PartResult', 'read_table', 'coord_check_claims', 'part_coord_check',
+           'continual_claims', 'plot_continual_part', 'part_continual', 'dmft_claims', 'part_dmft', 'run_reproduce',
+           'reproduce']
 
 # %% ../nbs/30_cli.ipynb #7af9d567
 @dataclass
@@ -78,12 +79,13 @@ class PartResult:
     error: str = None
 
 # %% ../nbs/30_cli.ipynb #c3957d5b
-_CC_FIELDS = ('kind', 'readout', 'width', 'seed', 'step', 'layer', 'delta', 'size')
+def read_table(path, ints=(), strs=(), bools=()) -> list:
+    "The records of a part's csv table, typed: columns in `ints` as int, `strs` as text, `bools` as bool, the rest float"
+    conv = lambda k, v: int(v) if k in ints else v if k in strs else (v == 'True') if k in bools else float(v)
+    with open(path) as f: return [{k: conv(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
 
-def _read_records(path):
-    with open(path) as f:
-        return [{k: (int(v) if k in ('width', 'seed', 'step') else float(v) if k in ('delta', 'size') else v)
-                 for k, v in r.items()} for r in csv.DictReader(f)]
+_CC_FIELDS = ('kind', 'readout', 'width', 'seed', 'step', 'layer', 'delta', 'size')
+def _read_records(path): return read_table(path, ints=('width', 'seed', 'step'), strs=('kind', 'readout', 'layer'))
 
 def coord_check_claims(recs:list) -> list:
     "The parameterization's predictions checked against coordinate-check records (as saved in `coord_check.csv`)"
@@ -123,10 +125,7 @@ def part_coord_check(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResul
 _CL_FIELDS = ('gamma0', 'seed', 'LA', 'LE', 'CF', 'CFr', 'AA', 'AE', 'cka_init_t1', 'cka_t1_end', 'phi_t1_end',
               'ntk_t1_end', 'diverged')
 
-def _read_cl(path):
-    with open(path) as f:
-        return [{k: (int(v) if k == 'seed' else v == 'True' if k == 'diverged' else float(v)) for k, v in r.items()}
-                for r in csv.DictReader(f)]
+def _read_cl(path): return read_table(path, ints=('seed',), bools=('diverged',))
 
 def _cl_means(recs, key):
     g0s = sorted({r['gamma0'] for r in recs})
@@ -193,9 +192,6 @@ def part_continual(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
                              f"{list(cfg.seeds)}; mean ± std over seeds."))
 
 # %% ../nbs/30_cli.ipynb #73d5793e
-def _read_csv(path, ints=()):
-    with open(path) as f: return [{k: (int(v) if k in ints else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
-
 def dmft_claims(conv:list, forg:list) -> list:
     "The DMFT claims checked against the saved convergence and forgetting records"
     w = np.array([r['width'] for r in conv], dtype=float)
@@ -234,7 +230,7 @@ def part_dmft(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
                              lazy_max_diff=float(np.abs(r.loss - lz).max())))
     with open(out/'dmft_forgetting.csv', 'w', newline='') as f:
         w = csv.DictWriter(f, list(recs[0])); w.writeheader(); w.writerows(recs)
-    forg = _read_csv(out/'dmft_forgetting.csv')
+    forg = read_table(out/'dmft_forgetting.csv')
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for i, e in enumerate(cfg.dmft_eps):
         rs = [r for r in forg if r['eps'] == e]
@@ -244,7 +240,7 @@ def part_dmft(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
     ax.legend(fontsize=8); fig.tight_layout(); fig.savefig(out/'dmft_forgetting.png', dpi=110); plt.close(fig)
     return PartResult('dmft', 'DMFT: finite widths converge to the theory; forgetting from lazy to rich',
                       figures=['dmft_convergence.png', 'dmft_forgetting.png'], tables=['dmft_convergence.csv', 'dmft_forgetting.csv'],
-                      claims=dmft_claims(_read_csv(out/'dmft_convergence.csv', ints=('width',)), forg),
+                      claims=dmft_claims(read_table(out/'dmft_convergence.csv', ints=('width',)), forg),
                       notes=(f"Two-layer ReLU network, μP, full-batch GD at η0 = 1, {cfg.dmft_steps} steps per task, 2 tasks × 30 "
                              f"samples with shared ±1 targets. Convergence: ε = 0.5, γ0 = 1, widths {list(cfg.dmft_widths)}, "
                              f"{cfg.dmft_seeds} seeds each, reference = solver with 4 × 25 000 particles. Forgetting: solver with "
