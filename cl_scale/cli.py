@@ -251,7 +251,7 @@ PARTS = {'coord_check': part_coord_check, 'continual': part_continual, 'dmft': p
 
 # %% ../nbs/30_cli.ipynb #c2a3463d
 def _md_report(cfg, parts, meta):
-    L = [f"# cl_scale reproduction report", "",
+    L = ["# cl_scale reproduction report", "",
          f"Run {meta['started']} · cl_scale {meta['version']} · torch {meta['torch']} · {meta['machine']} · "
          f"mode: {'quick' if cfg.quick else 'full'} · total {meta['seconds']:.1f} s", ""]
     for p in parts:

@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/continual.html.md"""
 
 # %% ../nbs/02_continual.ipynb #944922f7
 from __future__ import annotations
-import math, time, warnings
+import math, time
 from dataclasses import dataclass, field, asdict, replace
 import numpy as np
 import torch
@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap, grad
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
-from .param import Parameterization, ScaledModel, MLP, ResNet, make_optimizer, param_groups, ScaledLayer, ScaledLinear
-from .data import StreamConfig, TaskStream, Task, make_stream
+from .param import ScaledModel, make_optimizer, param_groups, ScaledLayer, ScaledLinear
+from .data import TaskStream, Task
 
 # %% auto #0
-__all__ = ['LOSSES', 'cl_metrics', 'linear_cka', 'cka_distance', 'kernel_distance', 'call_model', 'model_features',
+__all__ = ['LOSSES', 'cl_metrics', 'linear_cka', 'cka_distance', 'kernel_distance', 'call_model', 'model_features', 'gram',
            'feature_kernel', 'lr_mults', 'empirical_ntk', 'weight_change', 'TrainConfig', 'task_loss', 'cosine_factor',
            'evaluate', 'ContinualResult', 'train_continual', 'describe_model', 'plot_run']
 
@@ -100,10 +100,14 @@ def model_features(model, x:torch.Tensor) -> torch.Tensor:
     if not hasattr(model, 'features'): raise AttributeError(f"{type(model).__name__} has no `features(x)` method")
     with torch.no_grad(): return model.features(x).flatten(1)
 
+def gram(Z:torch.Tensor) -> torch.Tensor:
+    "Φ = Z Zᵀ / N for a feature matrix Z (n × N), in float64"
+    Z = Z.double()
+    return Z @ Z.T / Z.shape[1]
+
 def feature_kernel(model, x) -> torch.Tensor:
     "The feature kernel Φ = Z Zᵀ / N of the last hidden layer on inputs `x`"
-    Z = model_features(model, x).double()
-    return Z @ Z.T / Z.shape[1]
+    return gram(model_features(model, x))
 
 def lr_mults(model) -> dict:
     "Learning-rate multiplier of every trainable parameter, by name (1 for parameters outside scaled layers)"
@@ -244,7 +248,7 @@ class ContinualResult:
         out, Z, K = {}, self.features, self.ntks
         ok = lambda xs: xs is not None and len(xs) >= 2 and all(z is not None for z in xs)
         if ok(Z):
-            Phi = [z.double() @ z.double().T / z.shape[1] for z in Z]
+            Phi = [gram(z) for z in Z]
             out.update(cka_init_t1=cka_distance(Z[0], Z[1]), cka_t1_end=cka_distance(Z[1], Z[-1]),
                        phi_init_t1=kernel_distance(Phi[0], Phi[1]), phi_t1_end=kernel_distance(Phi[1], Phi[-1]),
                        cka_to_end=[cka_distance(z, Z[-1]) for z in Z[1:]])
@@ -253,9 +257,8 @@ class ContinualResult:
 
     def to_dict(self) -> dict:
         "Plain, JSON-friendly data: matrices, metrics, feature metrics, divergence and config (no tensors)"
-        wc = None if self.weight_changes is None else self.weight_changes
         return dict(acc=self.acc.tolist(), loss=self.loss.tolist(), metrics=self.metrics,
-                    feature_metrics=self.feature_metrics(), weight_changes=wc, diverged_at=self.diverged_at,
+                    feature_metrics=self.feature_metrics(), weight_changes=self.weight_changes, diverged_at=self.diverged_at,
                     task_end_steps=self.task_end_steps, config=self.config, seconds=self.seconds)
 
 def _finite_params(model): return all(torch.isfinite(p).all() for p in model.parameters())

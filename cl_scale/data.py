@@ -7,7 +7,7 @@ Docs: https://cl-scale.github.io/cl_scale/data.html.md"""
 # %% ../nbs/01_data.ipynb #c4d022f8
 from __future__ import annotations
 import gzip, math, os, random
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, asdict, replace
 from functools import lru_cache
 from importlib import resources
 import numpy as np

@@ -7,7 +7,7 @@ Docs: https://cl-scale.github.io/cl_scale/dmft.html.md"""
 # %% ../nbs/11_dmft.ipynb #b48b7372
 from __future__ import annotations
 import math, time
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
@@ -203,7 +203,7 @@ def solve_two_layer(problem:DMFTProblem, gamma0:float=1.0, steps=200, eta0:float
     snaps, want = {}, set(snapshot_steps)
     kern, ends, k = [kernels()], [], 0
     bar = tqdm(total=sum(steps), disable=not progress, leave=False, desc='DMFT')
-    flush = torch.set_flush_denormal(True)   # residuals decay to ~1e-30 in the rich regime: denormals are 10× slower
+    torch.set_flush_denormal(True)           # residuals decay to ~1e-30 in the rich regime: denormals are 10× slower
     try:
         for c, sl in enumerate(sls):
             Kc = Kx[:, sl].contiguous()                                     # (P_tot, P_c)

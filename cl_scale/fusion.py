@@ -9,9 +9,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 import torch
-from torch import nn
 from .ot import transport_map, identity_map, mix_maps, TransportMap, standardize, cost_matrix, ot_plan
-from .models import ViT, BERT, Attention
+from .models import ViT, BERT
 
 # %% auto #0
 __all__ = ['GRAPHS', 'RESID_POLICIES', 'COSTS', 'SOLVERS', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'vit_graph', 'bert_graph',
@@ -238,13 +237,15 @@ def _vec(c:_Ctx, n:Vec):
     C = c.maps[n.map].cols
     for p in n.paths: c.out[p] = c.pa[p] @ C
 
+def _mergenode(c:_Ctx, n:Merge): c.maps[n.out] = _merge(c.policy, c.maps[n.resid], c.maps[n.block])
+
 def _mapnode(c:_Ctx, n:Map):
     if c.cost == 'acts': c.maps[n.name] = c.tmap(n.acts); return
     if not n.wts: raise ValueError(f"the map {n.name!r} at {n.acts!r} declares no weights: it needs cost='acts'")
     cols = lambda P: torch.cat([P[k].reshape(-1, P[k].shape[-1]).T for k in n.wts], 1)   # one point per stream dimension
     c.maps[n.name] = transport_map(_unit_rows(cols(c.pa)), _unit_rows(cols(c.pb)), c.solver, c.reg)
 
-_RULES = {Lin: _lin, Attn: _attn, Vec: _vec, Merge: None, Map: _mapnode}
+_RULES = {Lin: _lin, Attn: _attn, Vec: _vec, Merge: _mergenode, Map: _mapnode}
 
 # %% ../nbs/22_fusion.ipynb #21d0b105
 COSTS, SOLVERS = ('acts', 'wts'), ('emd', 'sinkhorn')
@@ -270,9 +271,7 @@ def align(model, anchor, calib_data=None, cost:str='acts', solver:str='emd', reg
     pb = {k: v.detach().double() for k, v in anchor.state_dict().items()}
     c = _Ctx(pa, pb, acts_a, acts_b, cost, solver, reg, resid_policy, qk, per_head,
              dict(model.named_modules()), dict(anchor.named_modules()))
-    for n in graph:
-        if isinstance(n, Merge): c.maps[n.out] = _merge(resid_policy, c.maps[n.resid], c.maps[n.block])
-        else: _RULES[type(n)](c, n)
+    for n in graph: _RULES[type(n)](c, n)
     missing = [k for k in pb if k not in c.out]
     if missing: raise ValueError(f"the flow graph of {type(anchor).__name__} leaves parameters unaligned: {missing[:6]}")
     new = copy.deepcopy(anchor)
