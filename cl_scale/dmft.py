@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/dmft.html.md"""
 
 # %% ../nbs/11_dmft.ipynb #b48b7372
 from __future__ import annotations
-import math, time
+import math, time, warnings
 from dataclasses import dataclass, field
 import numpy as np
 import torch
@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['ACTS', 'DMFTProblem', 'problem_from_arrays', 'problem_from_stream', 'similarity_problem', 'arccos_kernels',
-           'lazy_kernel', 'DMFTResult', 'solve_two_layer', 'finite_two_layer', 'lazy_two_layer', 'convergence_study',
-           'plot_convergence']
+           'deep_lazy_kernel', 'lazy_kernel', 'DMFTResult', 'solve_two_layer', 'finite_deep', 'finite_two_layer',
+           'lazy_two_layer', 'convergence_study', 'plot_convergence', 'DMFTConvergenceWarning', 'solve_deep',
+           'lazy_deep']
 
 # %% ../nbs/11_dmft.ipynb #fbbcd861
 @dataclass
@@ -115,12 +116,22 @@ def arccos_kernels(Kx, act:str='relu') -> tuple:
     Gd = np.where(nrm > 0, (np.pi - th) / (2 * np.pi), 0.0)
     return Phi, Gd
 
+def deep_lazy_kernel(Kx, depth:int=1, act:str='relu', readout:str='zero') -> np.ndarray:
+    "The frozen kernel of the γ0 → 0 limit of `depth` hidden layers: Φ^L(0) (zero readout) or the NTK Σ_ℓ G^{ℓ+1}(0) ⊙ Φ^ℓ(0) (centred)"
+    if not isinstance(depth, (int, np.integer)) or depth < 1: raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    if readout not in ('zero', 'centered'): raise ValueError(f"unknown readout {readout!r}: 'zero' or 'centered'")
+    Phis, Gds = [np.asarray(Kx, dtype=np.float64)], []
+    for _ in range(depth):                                  # forward: Φ^ℓ = E φφ, Ġ^ℓ = E φ'φ' with u ~ N(0, Φ^{ℓ-1})
+        Phi, Gd = arccos_kernels(Phis[-1], act); Phis.append(Phi); Gds.append(Gd)
+    if readout == 'zero': return Phis[-1]                    # G^ℓ(0) = 0 at every layer: only the readout term
+    K, G = Phis[-1].copy(), np.ones_like(Phis[-1])           # G^{L+1} = 1
+    for l in range(depth, 0, -1):                            # backward: G^ℓ = Ġ^ℓ ⊙ G^{ℓ+1}, K += G^ℓ ⊙ Φ^{ℓ-1}
+        G = G * Gds[l - 1]; K = K + G * Phis[l - 1]
+    return K
+
 def lazy_kernel(Kx, act:str='relu', readout:str='zero') -> np.ndarray:
-    "The frozen kernel of the γ0 → 0 limit: Φ(0) for a zero readout, Φ(0) + Ġ ⊙ Kx for a centred random one"
-    Phi, Gd = arccos_kernels(Kx, act)
-    if readout == 'zero': return Phi
-    if readout == 'centered': return Phi + Gd * np.asarray(Kx, dtype=np.float64)
-    raise ValueError(f"unknown readout {readout!r}: 'zero' or 'centered'")
+    "The frozen kernel of the two-layer γ0 → 0 limit: Φ(0) for a zero readout, Φ(0) + Ġ ⊙ Kx for a centred random one"
+    return deep_lazy_kernel(Kx, 1, act, readout)
 
 # %% ../nbs/11_dmft.ipynb #be5bc1ef
 @dataclass
@@ -132,6 +143,9 @@ class DMFTResult:
     snapshots: dict = field(default_factory=dict)  # step → dict(h, z) when asked
     config: dict = field(default_factory=dict)
     seconds: float = 0.0
+    residuals: np.ndarray = None  # fixed-point solvers: the kernel residual after every iteration (None: forward solver)
+    converged: bool = True        # False when a fixed-point solver stopped at max_iter above its tolerance
+    two_time: dict = field(default_factory=dict)   # fixed-point solvers, when asked: the two-time kernels
 
     def forgetting(self, normalized:bool=False) -> np.ndarray:
         "For every task but the last: loss at the end minus loss when its training ended (÷ that loss if normalized)"
@@ -230,16 +244,21 @@ def solve_two_layer(problem:DMFTProblem, gamma0:float=1.0, steps=200, eta0:float
     return DMFTResult(losses.numpy(), ends, kern, snaps, cfg, time.time() - t0)
 
 # %% ../nbs/11_dmft.ipynb #7ad991db
-def finite_two_layer(problem:DMFTProblem, width:int, gamma0:float=1.0, steps=200, eta0:float=1.0, act:str='relu',
-                     readout:str='zero', base_width:int=64, seed:int=0, dtype=torch.float64, return_model:bool=False):
-    "Per-task loss curves (steps + 1, n_tasks) of a width-`width` μP MLP trained on `problem` by full-batch GD"
+def finite_deep(problem:DMFTProblem, width:int, depth:int=2, gamma0:float=1.0, steps=200, eta0:float=1.0, act:str='relu',
+                readout:str='zero', parameterization:str='mup', base_width:int=64, seed:int=0, dtype=torch.float64,
+                return_model:bool=False):
+    "Per-task loss curves (steps + 1, n_tasks) of a width-`width` MLP with `depth` hidden layers (μP at `gamma0`, or NTP) trained on `problem` by full-batch GD"
     from cl_scale.param import MLP, Parameterization, make_optimizer
     _check_common(gamma0, eta0, act, readout)
+    if parameterization not in ('mup', 'ntp'): raise ValueError(f"parameterization must be 'mup' or 'ntp', got {parameterization!r}")
+    if parameterization == 'ntp' and gamma0 != 1:
+        raise ValueError(f"gamma0={gamma0} only applies to μP: NTP at width N is μP with gamma0 = sqrt(base_width/N)")
     if problem.X is None: raise ValueError("this problem has no inputs X (only a kernel): a finite network needs inputs")
     steps = _check_steps(steps, problem.n_tasks)
     torch.manual_seed(seed)
-    net = MLP(problem.X.shape[1], width, 1, 1, Parameterization('mup', gamma0, base_width, readout), act=act, dtype=dtype)
-    init = (net.layers[0].weight.detach().clone(), net.readout.weight.detach().clone())
+    param = Parameterization(parameterization, gamma0, base_width, readout)
+    net = MLP(problem.X.shape[1], width, depth, 1, param, act=act, dtype=dtype)
+    init = tuple(l.weight.detach().clone() for l in net.layers) + (net.readout.weight.detach().clone(),)
     X, y = torch.as_tensor(problem.X, dtype=dtype), torch.as_tensor(problem.y, dtype=dtype)
     opt = make_optimizer(net, eta0)
     sls = [problem.task_slice(j) for j in range(problem.n_tasks)]
@@ -254,6 +273,11 @@ def finite_two_layer(problem:DMFTProblem, width:int, gamma0:float=1.0, steps=200
             k += 1
     record(k)
     return (losses, net, init) if return_model else losses
+
+def finite_two_layer(problem:DMFTProblem, width:int, gamma0:float=1.0, steps=200, eta0:float=1.0, act:str='relu',
+                     readout:str='zero', base_width:int=64, seed:int=0, dtype=torch.float64, return_model:bool=False):
+    "Per-task loss curves (steps + 1, n_tasks) of a width-`width` two-layer μP MLP trained on `problem` by full-batch GD"
+    return finite_deep(problem, width, 1, gamma0, steps, eta0, act, readout, 'mup', base_width, seed, dtype, return_model)
 
 # %% ../nbs/11_dmft.ipynb #1b1617bd
 def lazy_two_layer(problem:DMFTProblem, steps=200, eta0:float=1.0, act:str='relu', readout:str='zero', K=None) -> np.ndarray:
@@ -312,3 +336,177 @@ def plot_convergence(study:dict, title:str=''):
     a1.set(xlabel='width N', ylabel='RMS over time', title='distance to the DMFT'); a1.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11_dmft.ipynb #c8d26d2c
+class DMFTConvergenceWarning(UserWarning):
+    "A fixed-point DMFT solver stopped at `max_iter` with its kernel residual above `tol`"
+
+def _chol(K:torch.Tensor, jitter:float) -> torch.Tensor:
+    "Lower factor R, R Rᵀ = K + δI with δ = jitter × mean diagonal (raised ×10 until it factors); 0 for a vanishing K"
+    scale = K.diagonal().mean().item()
+    if not scale > 0: return torch.zeros_like(K)
+    I = torch.eye(K.shape[0], dtype=K.dtype)
+    for k in range(10):
+        R, info = torch.linalg.cholesky_ex(K + (jitter * 10**k + (1e-15 if k else 0)) * scale * I)
+        if info.item() == 0: return R
+    raise np.linalg.LinAlgError("a kernel could not be factored: it is not positive semi-definite (NaN or diverging fields?)")
+
+def _responses(C, D, l1, l2, want_A:bool, want_B:bool, P:int, mem_bytes:float=2**28):
+    "⟨Λ1 M⁻¹ C Λ1⟩ and ⟨K M⁻¹⟩, K = Λ1 D Λ1 + diag(Λ2), M = I − C K, averaged over the samples (columns of l1, l2)"
+    n, S = l1.shape
+    wd = torch.float32                                      # Monte-Carlo averages: float32 rounding is far below their noise
+    batch = max(1, min(S, int(mem_bytes // (4 * n * n))))
+    EA = torch.zeros(n, n, dtype=torch.float64) if want_A else None
+    EB = torch.zeros(n, n, dtype=torch.float64) if want_B else None
+    C32, D32 = C.to(wd), D.to(wd)
+    def solve(N, R):
+        "M⁻¹ R for M = I − N, N strictly lower block-triangular in time: forward substitution, one time block at a time"
+        X = R.contiguous().clone()
+        for t in range(1, n // P):
+            b = slice(t * P, (t + 1) * P)
+            X[:, b] += torch.bmm(N[:, b, :t * P], X[:, :t * P])
+        return X
+    for i in range(0, S, batch):
+        a, b2 = (v[:, i:i + batch].T.to(wd).contiguous() for v in (l1, l2))   # (batch, n), batch-major (bmm needs it)
+        K = a[:, :, None] * D32[None] * a[:, None, :]
+        K.diagonal(dim1=1, dim2=2).add_(b2)
+        N = torch.matmul(C32, K)                                          # M = I − N
+        if want_A: EA += (a[:, :, None] * solve(N, C32[None] * a[:, None, :])).sum(0, dtype=torch.float64)
+        if want_B: EB += torch.bmm(K, solve(N, torch.eye(n, dtype=wd).expand_as(N))).sum(0, dtype=torch.float64)
+        del K, N
+    return (EA / S if want_A else None), (EB / S if want_B else None)
+
+def _check_deep(depth, S, damping, tol, max_iter, kink, jitter):
+    if not isinstance(depth, (int, np.integer)) or isinstance(depth, bool) or depth < 1: raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    if not isinstance(S, (int, np.integer)) or S < 2: raise ValueError(f"S (the number of Monte-Carlo samples) must be an integer >= 2, got {S!r}")
+    if not (isinstance(damping, (int, float)) and 0 <= damping < 1): raise ValueError(f"damping must lie in [0, 1), got {damping!r}")
+    if not (isinstance(tol, (int, float)) and tol > 0): raise ValueError(f"tol must be positive, got {tol!r}")
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1: raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not (isinstance(kink, (int, float)) and kink > 0): raise ValueError(f"kink (the smoothing width of ReLU's φ'') must be positive, got {kink!r}")
+    if not (isinstance(jitter, (int, float)) and jitter >= 0): raise ValueError(f"jitter must be >= 0, got {jitter!r}")
+
+def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta0:float=1.0, S:int=2000,
+               act:str='relu', readout:str='zero', base_width:int=64, damping:float=0.0, tol:float=1e-3,
+               max_iter:int=30, kink:float=0.05, jitter:float=1e-8, seed:int=0, keep_two_time:bool=False,
+               progress:bool=False) -> DMFTResult:
+    "Two-time DMFT of a `depth`-hidden-layer μP network trained on the tasks of `problem` in order: damped fixed-point iteration on Φ, G, A, B"
+    _check_common(gamma0, eta0, act, readout)
+    _check_deep(depth, S, damping, tol, max_iter, kink, jitter)
+    T, t_start = problem.n_tasks, time.time()
+    steps = _check_steps(steps, T)
+    L, P, Kst = int(depth), problem.P_tot, sum(steps)
+    nt = Kst + 1; n = nt * P                                    # time points 0..Kst (the last only for the final loss)
+    gt, dt = gamma0 / math.sqrt(base_width), torch.float64
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.as_tensor(problem.y, dtype=dt)
+    # common random numbers: drawn once, reused by every iteration
+    U1 = (torch.as_tensor(_sqrt_psd(problem.Kx), dtype=dt) @ torch.randn(P, S, generator=gen, dtype=dt)).repeat(nt, 1)
+    w0 = torch.zeros(S, dtype=dt) if readout == 'zero' else torch.randn(S, generator=gen, dtype=dt)
+    eps_u = {l: torch.randn(n, S, generator=gen, dtype=dt) for l in range(2, L + 1)}
+    eps_r = {l: torch.randn(n, S, generator=gen, dtype=dt) for l in range(1, L)}
+    sls = [problem.task_slice(j) for j in range(T)]
+    mask, Pc = torch.zeros(nt, P, dtype=dt), torch.ones(nt, dtype=dt)
+    for k, j in enumerate(np.repeat(np.arange(T), steps)): mask[k, sls[j]] = 1; Pc[k] = problem.task_sizes[j]
+    tix = torch.arange(n) // P
+    strict = (tix[None, :] < tix[:, None]).to(dt)               # s < t on the time-major grid
+    relu = act == 'relu'
+    # initial state: the lazy kernels, constant in time; A = B = 0
+    Phi0 = [np.asarray(problem.Kx)]
+    for _ in range(L): Phi0.append(arccos_kernels(Phi0[-1], act)[0])
+    tile = lambda M: torch.kron(torch.ones(nt, nt, dtype=dt), torch.as_tensor(M, dtype=dt))
+    Phi = {l: tile(Phi0[l]) for l in range(0, L)}
+    G = {L + 1: torch.ones(n, n, dtype=dt)} | {l: torch.zeros(n, n, dtype=dt) for l in range(2, L + 1)}
+    if readout == 'centered':
+        Gc = np.ones((P, P))
+        for l in range(L, 1, -1): Gc = Gc * arccos_kernels(Phi0[l - 1], act)[1]; G[l] = tile(Gc)
+    A = {l: torch.zeros(n, n, dtype=dt) for l in range(0, L)}
+    B = {l: torch.zeros(n, n, dtype=dt) for l in range(1, L + 1)}
+    taus = {l: kink * math.sqrt(max(np.diag(Phi0[l - 1]).mean(), 1e-300)) for l in range(1, L + 1)}
+
+    def simulate(l, Delta):
+        "layer l's single-site process on the whole grid: φ, φ', g, h, z (n × S), the drive c and (readout layer) Δ"
+        top = l == L
+        U = U1 if l == 1 else _chol(Phi[l - 1], jitter) @ eps_u[l]
+        Rs = w0.expand(n, S) if top else _chol(G[l + 1], jitter) @ eps_r[l]
+        phi, dph, gg, hh, zz = (torch.empty(n, S, dtype=dt) for _ in range(5))
+        cg, cp, c = torch.zeros(n, S, dtype=dt), torch.zeros(n, S, dtype=dt), torch.zeros(nt, P, dtype=dt)
+        if top: Delta = torch.empty(nt, P, dtype=dt)
+        f0 = None
+        for t in range(nt):
+            b, past, upto = slice(t * P, (t + 1) * P), slice(0, t * P), slice(0, (t + 1) * P)
+            h = U[b] + Phi[l - 1][b, past] @ cg[past]
+            if l > 1: h = h + A[l - 1][b, past] @ gg[past]
+            ph = h.clamp(min=0) if relu else h
+            phi[b], hh[b], dph[b] = ph, h, ((h > 0).to(dt) if relu else 1.0)
+            z = Rs[b] + G[l + 1][b, past] @ cp[past]
+            if not top: z = z + B[l][b, upto] @ phi[upto]
+            if top:                                              # the output, from this layer's own samples
+                f = (z * ph).mean(1) / gt
+                if readout == 'centered':
+                    f0 = f.clone() if f0 is None else f0
+                    f = f - f0
+                Delta[t] = y - f
+            zz[b], gg[b] = z, dph[b] * z
+            if t < Kst:
+                c[t] = eta0 * gt * mask[t] * Delta[t] / Pc[t]
+                cg[b], cp[b] = c[t][:, None] * gg[b], c[t][:, None] * ph
+        return dict(phi=phi, dph=dph, g=gg, h=hh, z=zz, c=c.reshape(-1), Delta=Delta)
+
+    residuals, conv, sims, last = [], False, {}, {}
+    bar = tqdm(total=max_iter, disable=not progress, leave=False, desc=f'deep DMFT (L={L}, n={n})')
+    torch.set_flush_denormal(True)          # lazy runs make products of many small numbers: denormals are 10-40× slower
+    try:
+        for it in range(max_iter):
+            new, Delta = {}, None
+            for l in range(L, 0, -1):
+                sims[l] = s = simulate(l, Delta)
+                Delta = s['Delta']
+                if l < L: new['Phi', l] = s['phi'] @ s['phi'].T / S
+                if l > 1: new['G', l] = s['g'] @ s['g'].T / S
+                if L > 1:
+                    C = A[l - 1] + Phi[l - 1] * strict * s['c'][None, :]
+                    D = B[l] + G[l + 1] * strict * s['c'][None, :]
+                    l2 = (torch.exp(-0.5 * (s['h'] / taus[l])**2) / (taus[l] * math.sqrt(2 * math.pi)) * s['z']
+                          if relu else torch.zeros_like(s['h']))
+                    EA, EB = _responses(C, D, s['dph'], l2, l < L, l > 1, P)
+                    if l < L: new['A', l] = EA
+                    if l > 1: new['B', l - 1] = EB
+            old = {('Phi', l): Phi[l] for l in range(1, L)} | {('G', l): G[l] for l in range(2, L + 1)} | \
+                  {('A', l): A[l] for l in range(1, L)} | {('B', l): B[l] for l in range(1, L)}
+            last = {f"{k[0]}{k[1]}": (torch.linalg.norm(new[k] - old[k]) / max(torch.linalg.norm(new[k]).item(), 1e-300)).item() for k in new}
+            residuals.append(max(last.values()) if last else 0.0)
+            beta = 0.0 if it == 0 else damping                   # the first estimate replaces the lazy guess
+            for (kind, l), v in new.items():
+                tgt = {'Phi': Phi, 'G': G, 'A': A, 'B': B}[kind]
+                tgt[l] = beta * tgt[l] + (1 - beta) * v
+            bar.update(1); bar.set_postfix(residual=f"{residuals[-1]:.1e}")
+            if not math.isfinite(residuals[-1]): break
+            if residuals[-1] < tol: conv = True; break
+    finally:
+        torch.set_flush_denormal(False); bar.close()
+    if not conv:
+        warnings.warn(DMFTConvergenceWarning(
+            f"solve_deep did not converge: {len(residuals)} iterations (max_iter={max_iter}), final kernel residual "
+            f"{residuals[-1]:.3e} > tol={tol:g}; residual history (last 5): {[float(f'{r:.3e}') for r in residuals[-5:]]}; "
+            f"per kernel: { {k: float(f'{v:.2e}') for k, v in last.items()} }. Try more iterations, damping > 0, "
+            f"or a smaller gamma0·eta0; the result is returned with converged=False."), stacklevel=2)
+    Delta = sims[L]['Delta']
+    loss = np.stack([0.5 * (Delta[:, sl] ** 2).mean(1).numpy() for sl in sls], 1)
+    ends = list(np.cumsum(steps))
+    def kernels(t):
+        b = slice(t * P, (t + 1) * P)
+        Phis = [problem.Kx] + [(sims[l]['phi'][b] @ sims[l]['phi'][b].T / S).numpy() for l in range(1, L + 1)]
+        Gs = [(sims[l]['g'][b] @ sims[l]['g'][b].T / S).numpy() for l in range(1, L + 1)] + [np.ones((P, P))]
+        return dict(Phi=Phis[L], G=Gs[L - 1], K=sum(Gs[l] * Phis[l] for l in range(L + 1)), Phi_layers=Phis[1:], G_layers=Gs[:L])
+    two = {}
+    if keep_two_time:
+        two = dict(Phi={l: Phi[l].numpy() for l in range(1, L)}, G={l: G[l].numpy() for l in range(2, L + 1)},
+                   A={l: A[l].numpy() for l in range(1, L)}, B={l: B[l].numpy() for l in range(1, L)}, n_times=nt, P_tot=P)
+    cfg = dict(gamma0=gamma0, depth=L, steps=steps, eta0=eta0, S=S, act=act, readout=readout, base_width=base_width,
+               damping=damping, tol=tol, max_iter=max_iter, kink=kink, jitter=jitter, seed=seed, problem=repr(problem))
+    return DMFTResult(loss, ends, [kernels(t) for t in [0] + ends], {}, cfg, time.time() - t_start,
+                      np.array(residuals), conv, two)
+
+def lazy_deep(problem:DMFTProblem, depth:int=2, steps=200, eta0:float=1.0, act:str='relu', readout:str='zero') -> np.ndarray:
+    "Per-task loss curves (steps + 1, n_tasks) of the γ0 → 0 limit of a `depth`-hidden-layer network, in closed form"
+    return lazy_two_layer(problem, steps, eta0, act, readout, K=deep_lazy_kernel(problem.Kx, depth, act, readout))

@@ -85,3 +85,68 @@ def test_convergence_wider_networks_more_seeds():
                               gamma0=0.5, steps=100, seeds=range(24))
     assert abs(study['slopes']['fluct'] + 0.5) < 0.1, study['slopes']
     assert np.all(np.diff(study['gap']) < 0) and np.all(np.diff(study['fluct']) < 0)
+
+# ---- the deep (two-time) solver -------------------------------------------------------------------------------
+
+@pytest.fixture
+def one_thread():
+    "The deep solver's small test problems are dominated by thread synchronisation on a shared 2-core machine"
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.mark.parametrize('act,readout', [('relu', 'zero'), ('linear', 'zero'), ('relu', 'centered')])
+def test_deep_depth_one_is_the_particle_solver(act, readout, one_thread):
+    "With one hidden layer and the same seed, the fixed-point solver stops after one sweep and is the particle solver"
+    prob = similarity_problem(0.4, n_tasks=3, P=5, D=8, seed=4)
+    d = solve_deep(prob, gamma0=0.8, depth=1, steps=[6, 4, 5], eta0=0.7, S=300, act=act, readout=readout, seed=3)
+    p = solve_two_layer(prob, gamma0=0.8, steps=[6, 4, 5], eta0=0.7, S=300, act=act, readout=readout, seed=3, dtype=torch.float64)
+    np.testing.assert_allclose(d.loss, p.loss, rtol=1e-9, atol=1e-12)
+    assert d.converged and d.residuals.tolist() == [0.0] and d.task_end_steps == [6, 10, 15]
+    for kd, kp in zip(d.kernels, p.kernels):
+        np.testing.assert_allclose(kd['K'], kp['K'], rtol=1e-9, atol=1e-12)
+
+@pytest.mark.parametrize('depth,readout', [(3, 'zero'), (2, 'centered')])
+def test_deep_lazy_limit(depth, readout, one_thread):
+    "γ0 → 0: the two-time solver follows the closed form with the deep frozen kernel (Φ^L, or the deep NTK when centred)"
+    prob = similarity_problem(0.5, n_tasks=2, P=3, D=10, seed=2)
+    S = 800
+    r = solve_deep(prob, gamma0=0.01, depth=depth, steps=5, S=S, readout=readout)
+    lz = lazy_deep(prob, depth, steps=5, readout=readout)
+    assert r.converged
+    assert np.abs(r.loss - lz).max() < 2 / math.sqrt(S), np.abs(r.loss - lz).max()    # Monte-Carlo error of S samples
+    other = lazy_deep(prob, depth, steps=5, readout='centered' if readout == 'zero' else 'zero')
+    assert np.abs(r.loss - other).max() > 4 / math.sqrt(S)                            # the other readout's kernel is wrong
+
+def test_deep_warns_with_diagnostics_and_refuses_bad_input(one_thread):
+    prob = similarity_problem(0.5, n_tasks=2, P=3, D=10, seed=2)
+    with pytest.warns(DMFTConvergenceWarning, match=r'2 iterations \(max_iter=2\).*residual history.*per kernel'):
+        r = solve_deep(prob, gamma0=1.5, depth=2, steps=4, S=200, max_iter=2, tol=1e-12)
+    assert not r.converged and len(r.residuals) == 2 and np.isfinite(r.loss).all()
+    for bad in (dict(depth=1.5), dict(S=0), dict(damping=-0.1), dict(tol=-1), dict(max_iter=0), dict(jitter=-1),
+                dict(readout='random'), dict(eta0=0)):
+        with pytest.raises(ValueError): solve_deep(prob, **({'steps': 3} | bad))
+
+def test_finite_deep_ntp_is_mup_at_effective_gamma0(one_thread):
+    "NTP at width N trains exactly like μP with γ0 = sqrt(N0/N) (same seed, float64), at depth 2"
+    prob = similarity_problem(0.5, n_tasks=2, P=4, D=6, seed=1)
+    a = finite_deep(prob, 128, 2, steps=4, eta0=0.5, parameterization='ntp')
+    b = finite_deep(prob, 128, 2, gamma0=math.sqrt(64 / 128), steps=4, eta0=0.5)
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(finite_deep(prob, 32, 1, gamma0=0.7, steps=4), finite_two_layer(prob, 32, gamma0=0.7, steps=4))
+
+@pytest.mark.slow
+def test_deep_finite_widths_converge_to_dmft():
+    "μP networks with two hidden layers approach the two-time DMFT (S = 6000) as the width grows to 2048 (~3 min)"
+    prob = similarity_problem(0.5, n_tasks=2, P=4, D=20, seed=1)
+    ref = solve_deep(prob, gamma0=1.0, depth=2, steps=8, S=6000, tol=1e-4)
+    assert ref.converged
+    rms = lambda a: float(np.sqrt(np.mean(a ** 2)))
+    gap, bias = [], []
+    for N in (32, 128, 512, 2048):
+        Ls = np.stack([finite_deep(prob, N, 2, gamma0=1.0, steps=8, seed=s, dtype=torch.float32) for s in range(12)])
+        gap.append(np.mean([rms(L - ref.loss) for L in Ls])); bias.append(rms(Ls.mean(0) - ref.loss))
+    assert np.all(np.diff(gap) < 0), gap
+    slope = np.polyfit(np.log([32, 128, 512, 2048]), np.log(gap), 1)[0]
+    assert -0.8 < slope < -0.25, (slope, gap)
+    assert bias[-1] < bias[0] / 3, bias
