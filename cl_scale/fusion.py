@@ -6,16 +6,17 @@ Docs: https://cl-scale.github.io/cl_scale/fusion.html.md"""
 
 # %% ../nbs/22_fusion.ipynb #f4213eb1
 from __future__ import annotations
-import copy
+import copy, time
 from dataclasses import dataclass, field
 import torch
+from torch import nn
 from .ot import transport_map, identity_map, mix_maps, TransportMap, standardize, cost_matrix, ot_plan
 from .models import ViT, BERT
 
 # %% auto #0
-__all__ = ['GRAPHS', 'RESID_POLICIES', 'COSTS', 'SOLVERS', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'vit_graph', 'bert_graph',
-           'register_graph', 'graph_for', 'check_compatible', 'collect_activations', 'align', 'vanilla_average', 'fuse',
-           'permuted_copy']
+__all__ = ['ARCHS', 'RESID_POLICIES', 'COSTS', 'SOLVERS', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'Tie', 'Keep', 'vit_graph',
+           'bert_graph', 'Arch', 'register_graph', 'arch_for', 'graph_for', 'check_compatible', 'collect_activations',
+           'model_output', 'align', 'vanilla_average', 'fuse', 'permuted_copy', 'hf_vit_graph', 'hf_bert_graph']
 
 # %% ../nbs/22_fusion.ipynb #6bf76f79
 @dataclass
@@ -24,6 +25,7 @@ class Lin:
     path: str
     inp: str = None
     out: str = None
+    reuse: bool = False   # take the existing map `out` for the outputs instead of solving for one (see `Tie`)
 
 @dataclass
 class Vec:
@@ -44,6 +46,7 @@ class Attn:
     path: str
     inp: str
     out: str
+    names: tuple = ('q', 'k', 'v')   # the sub-module names of the query, key and value projections
 
 @dataclass
 class Map:
@@ -51,6 +54,17 @@ class Map:
     name: str
     acts: str
     wts: tuple = ()
+
+@dataclass
+class Tie:
+    "A parameter shared with `source` (a decoder tied to the word embeddings): it takes the source's aligned value"
+    path: str
+    source: str
+
+@dataclass
+class Keep:
+    "Parameters on no aligned axis (a bias over the vocabulary): averaged as they are"
+    paths: tuple
 
 # %% ../nbs/22_fusion.ipynb #fe801ea5
 def _ln(p): return (f"{p}.weight", f"{p}.bias")
@@ -75,71 +89,123 @@ def bert_graph(m:BERT) -> list:
               Merge('x', 'x', f"f{i}"), Vec(_ln(f"{b}.ln2"), 'x')]
     return g + [Lin('mlm_dense', 'x', 'm'), Vec(_ln('mlm_norm'), 'm'), Lin('decoder', 'm', None)]
 
-GRAPHS = {ViT: vit_graph, BERT: bert_graph}
+def _call(m, x): return m(**x) if isinstance(x, dict) else m(x)
 
-def register_graph(cls, fn):
-    "Teach fusion a new architecture: `fn(model)` returns its flow graph (a list of nodes)"
-    GRAPHS[cls] = fn
+@dataclass
+class Arch:
+    "How fusion sees an architecture: its flow graph and a small adapter for calibration data"
+    graph: object                # model -> list of nodes
+    call: object = _call         # (model, batch) -> output (a tensor, or an object with `.logits`)
+    keep: object = None          # (model, batch) -> bool (n, T) mask of the token positions that count; None: all
+    dims: object = None          # model -> dict of what parents must share (depth, tokens, classes ...)
+    check: object = None         # (model, calib) -> raises ValueError on calibration data the model cannot take
+
+def _vit_dims(m): c = m.cfg; return dict(depth=c.depth, tokens=m.n_tokens, patch_size=c.patch_size, in_channels=c.in_channels, classes=c.n_classes)
+def _bert_dims(m): c = m.cfg; return dict(depth=c.depth, max_len=c.max_len, vocab_size=c.vocab_size)
+
+ARCHS = {ViT: Arch(vit_graph, dims=_vit_dims, check=lambda m, x: m.check_input(x)),
+         BERT: Arch(bert_graph, keep=lambda m, x: x != m.cfg.pad_id, dims=_bert_dims, check=lambda m, x: m.check_input(x))}
+
+def register_graph(cls, fn, call=None, keep=None, dims=None, check=None):
+    "Teach fusion a new architecture `cls` (a class, or 'package.ClassName' to avoid importing it): `fn(model)` is its flow graph"
+    if not (isinstance(cls, type) or (isinstance(cls, str) and '.' in cls)):
+        raise ValueError(f"cls must be a class or a 'package.ClassName' string, got {cls!r}")
+    ARCHS[cls] = Arch(fn, call or _call, keep, dims, check)
+
+def arch_for(model) -> Arch:
+    "The `Arch` (graph and adapter) registered for `model`'s class, exactly or by 'package.ClassName'"
+    t = type(model)
+    if t in ARCHS: return ARCHS[t]
+    name = f"{t.__module__.split('.')[0]}.{t.__name__}"
+    if name in ARCHS: return ARCHS[name]
+    known = [c.__name__ if isinstance(c, type) else c for c in ARCHS]
+    raise TypeError(f"no transport-map flow graph for {t.__name__}: fusion supports {known}; "
+                    f"declare one with `register_graph({t.__name__}, fn)`")
 
 def graph_for(model) -> list:
     "The flow graph of `model`'s architecture"
-    for cls, fn in GRAPHS.items():
-        if type(model) is cls: return fn(model)
-    raise TypeError(f"no transport-map flow graph for {type(model).__name__}: fusion supports "
-                    f"{[c.__name__ for c in GRAPHS]}; declare one with `register_graph({type(model).__name__}, fn)`")
+    return arch_for(model).graph(model)
 
 # %% ../nbs/22_fusion.ipynb #02d1ae3d
-def _key_dims(m):
-    if isinstance(m, ViT): c = m.cfg; return dict(depth=c.depth, tokens=m.n_tokens, patch_size=c.patch_size, in_channels=c.in_channels, classes=c.n_classes)
-    if isinstance(m, BERT): c = m.cfg; return dict(depth=c.depth, max_len=c.max_len, vocab_size=c.vocab_size)
-    return dict(n_nodes=len(graph_for(m)))
-
 def check_compatible(model, anchor):
     "Raise a clear error when `model` cannot be aligned to `anchor` (different architecture, depth, tokens or classes)"
     if type(model) is not type(anchor):
         raise TypeError(f"cannot align a {type(model).__name__} to a {type(anchor).__name__}: architectures differ")
-    graph_for(anchor)
-    a, b = _key_dims(model), _key_dims(anchor)
+    arch = arch_for(anchor)
+    dims = arch.dims or (lambda m: dict(n_nodes=len(arch.graph(m))))
+    a, b = dims(model), dims(anchor)
     bad = {k: (a[k], b[k]) for k in a if a[k] != b.get(k)}
     if bad: raise ValueError("models must match in " + ', '.join(f"{k} (model {x}, anchor {y})" for k, (x, y) in bad.items())
                              + "; only widths may differ")
 
 def _check_calib(model, calib):
     if calib is None: raise ValueError("activation-based fusion needs calibration data (calib_data=...), or use cost='wts'")
-    if hasattr(model, 'check_input'): model.check_input(calib)
+    if isinstance(calib, dict):
+        if not calib or not all(torch.is_tensor(v) for v in calib.values()):
+            raise ValueError("calibration data given as a dict must map input names to tensors")
+        if len({len(v) for v in calib.values()}) > 1:
+            raise ValueError(f"the calibration tensors have different lengths: { {k: len(v) for k, v in calib.items()} }")
+    check = arch_for(model).check
+    if check is not None: check(model, calib)
 
 # %% ../nbs/22_fusion.ipynb #b40be429
-def _points(t:torch.Tensor, keep=None) -> torch.Tensor:
-    "Neurons × (samples·tokens): the last axis of a (n, T, width) output, or the channel axis of a conv output"
-    if t.dim() == 4: return t.permute(1, 0, 2, 3).flatten(1)
+def _rows(t:torch.Tensor, keep=None) -> torch.Tensor:
+    "(samples·tokens, width): the last axis of a (n, T, width) output, or the channel axis of a conv output"
+    if t.dim() == 4: return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     if t.dim() == 3 and keep is not None: t = t[keep]
-    return t.reshape(-1, t.shape[-1]).T
+    return t.reshape(-1, t.shape[-1])
 
-def collect_activations(model, calib, graph, batch:int=256) -> dict:
-    "The activation points (neurons × samples·tokens, float64) of every node of `graph` that needs them"
-    outs = {}
-    for n in graph:
-        if isinstance(n, Lin): outs[n.path] = 'out'
-        elif isinstance(n, Attn): outs.update({f"{n.path}.{p}": 'out' for p in 'qkv'})
-        elif isinstance(n, Map): outs[n.acts] = 'in'
+def _n_items(calib): return len(next(iter(calib.values()))) if isinstance(calib, dict) else len(calib)
+def _part(calib, s, e): return {k: v[s:e] for k, v in calib.items()} if isinstance(calib, dict) else calib[s:e]
+
+def _by_inputs(mod, via_inputs):
+    "Whether a layer is recorded by its inputs: linear layers at least twice as wide out as in (or as told)"
+    if not isinstance(mod, nn.Linear): return False
+    return bool(via_inputs) if via_inputs is not None else 2 * mod.in_features < mod.out_features
+
+def collect_activations(model, calib, graph, batch:int=256, via_inputs:bool=None) -> dict:
+    "The activation points (neurons × samples·tokens, in the model's dtype) of every node of `graph` that needs them"
     mods = dict(model.named_modules())
-    store = {k: [] for k in outs}
-    keep_all = (calib != model.cfg.pad_id) if isinstance(model, BERT) else None
-    cur = {}
-    def hook(name):
+    outs = {}                                          # key -> (module, 'in' | 'out')
+    for n in graph:
+        if isinstance(n, Lin) and n.out is not None and not n.reuse:
+            if _by_inputs(mods.get(n.path), via_inputs): outs[f"{n.path}@in"] = (n.path, 'in')
+            else: outs[n.path] = (n.path, 'out')
+        elif isinstance(n, Attn): outs.update({f"{n.path}.{p}": (f"{n.path}.{p}", 'out') for p in n.names})
+        elif isinstance(n, Map): outs[n.acts] = (n.acts, 'in')
+    missing = sorted({m for m, _ in outs.values() if m not in mods})
+    if missing: raise ValueError(f"the flow graph names modules that {type(model).__name__} does not have: {missing[:5]}")
+    arch, store, cur = arch_for(model), {k: [] for k in outs}, {}
+    def hook(key, where):
         def f(mod, inp, out):
-            t = (inp[0] if outs[name] == 'in' else out).detach().double()
-            store[name].append(_points(t, cur.get('keep')))
+            t = inp[0] if where == 'in' else (out[0] if isinstance(out, tuple) else out)
+            store[key].append(_rows(t.detach(), cur.get('keep')))
         return f
-    hs = [mods[k].register_forward_hook(hook(k)) for k in outs]
+    hs = [mods[m].register_forward_hook(hook(k, w)) for k, (m, w) in outs.items()]
+    was = model.training
     try:
+        model.eval()
         with torch.no_grad():
-            for s in range(0, len(calib), batch):
-                cur['keep'] = None if keep_all is None else keep_all[s:s + batch]
-                model(calib[s:s + batch])
+            for s in range(0, _n_items(calib), batch):
+                part = _part(calib, s, s + batch)
+                cur['keep'] = None if arch.keep is None else arch.keep(model, part)
+                arch.call(model, part)
     finally:
         for h in hs: h.remove()
-    return {k: torch.cat(v, 1) for k, v in store.items()}
+        model.train(was)
+    return {k: (v[0] if len(v) == 1 else torch.cat(v, 0)).T for k, v in store.items()}
+
+def model_output(model, data, batch:int=None) -> torch.Tensor:
+    "`model`'s output (logits) on `data` through its architecture's adapter, in eval mode and without gradients"
+    arch, was = arch_for(model), model.training
+    n = _n_items(data); batch = batch or max(n, 1)
+    try:
+        model.eval()
+        with torch.no_grad():
+            outs = [arch.call(model, _part(data, s, s + batch)) for s in range(0, n, batch)]
+    finally: model.train(was)
+    outs = [getattr(o, 'logits', o) for o in outs]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
 # %% ../nbs/22_fusion.ipynb #ff998080
 RESID_POLICIES = ('mean', 'only_resid', 'no_resid', 'identity')
@@ -168,22 +234,60 @@ def _unit_rows(W):
     W = W.flatten(1)
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
+def _heads(mod) -> int:
+    "The number of heads of an attention module (ours: `heads`; Hugging Face: `num_attention_heads` or its config)"
+    for a in ('heads', 'num_attention_heads', 'num_heads'):
+        h = getattr(mod, a, None)
+        if isinstance(h, int): return h
+    cfg = getattr(mod, 'config', None)
+    if cfg is not None and isinstance(getattr(cfg, 'num_attention_heads', None), int): return cfg.num_attention_heads
+    raise ValueError(f"cannot tell the number of heads of {type(mod).__name__}")
+
+def _points_via_inputs(xa, wa, xb, wb):
+    "Points in R^(m_A+m_B) with the distances of the standardised outputs of A and B, from their inputs xa (D, m_A), xb (D, m_B)"
+    xa, xb = (x.to(torch.float64) for x in (xa, xb))
+    xa, xb = xa - xa.mean(0), xb - xb.mean(0)
+    ab = xa.T @ xb                                       # the three blocks of the symmetric Gram matrix
+    G = torch.cat([torch.cat([xa.T @ xa, ab], 1), torch.cat([ab.T, xb.T @ xb], 1)], 0)
+    if not torch.isfinite(G).all(): raise ValueError("the recorded inputs have NaN or infinite entries")
+    ma, D = xa.shape[1], xa.shape[0]
+    lam, V = torch.linalg.eigh(G)
+    B = V * lam.clamp_min(0).sqrt()                      # G = B Bᵀ: the point of u is Bᵀu, with |Bᵀu|² = uᵀGu
+    sa = ((wa @ G[:ma, :ma]) * wa).sum(1).clamp_min(0).div(D).sqrt()
+    sb = ((wb @ G[ma:, ma:]) * wb).sum(1).clamp_min(0).div(D).sqrt()
+    return (wa @ B[:ma]) / (sa + 1e-9)[:, None], (wb @ B[ma:]) / (sb + 1e-9)[:, None]
+
 @dataclass
 class _Ctx:
     pa: dict; pb: dict; acts_a: dict; acts_b: dict; cost: str; solver: str; reg: float; policy: object
-    qk: str; per_head: bool; mods_a: dict; mods_b: dict; maps: dict = field(default_factory=dict); out: dict = field(default_factory=dict)
+    qk: str; per_head: bool; mods_a: dict; mods_b: dict; given: dict = None
+    maps: dict = field(default_factory=dict); out: dict = field(default_factory=dict)
+
+    def _std(self, side, key):
+        "Standardised points (float64) of A's or B's neurons at `key`, from their outputs or (layers recorded by inputs) computed from them"
+        acts, p = (self.acts_a, self.pa) if side == 'a' else (self.acts_b, self.pb)
+        if key in acts: return standardize(acts[key].to(torch.float64, memory_format=torch.contiguous_format))
+        x = acts[f"{key}@in"].T.to(torch.float64)
+        return standardize((p[f"{key}.weight"] @ x.T + p[f"{key}.bias"][:, None]).contiguous())
+
+    def points(self, key):
+        "The points of A's and B's neurons at `key` whose euclidean distances the activation cost uses"
+        if f"{key}@in" in self.acts_a and f"{key}@in" in self.acts_b:
+            return _points_via_inputs(self.acts_a[f"{key}@in"].T, self.pa[f"{key}.weight"],
+                                      self.acts_b[f"{key}@in"].T, self.pb[f"{key}.weight"])
+        return self._std('a', key), self._std('b', key)
 
     def tmap(self, key, Wa=None, Wb=None):
-        "The map between A's and B's neurons at `key`: from activations, or from (incoming-aligned) weight rows"
-        if self.cost == 'acts':
-            return transport_map(self.acts_a[key], self.acts_b[key], self.solver, self.reg, standardize_points=True)
+        "The map between A's and B's neurons at `key`: given, from activations, or from (incoming-aligned) weight rows"
+        if self.given is not None: return self.given[key]
+        if self.cost == 'acts': return transport_map(*self.points(key), self.solver, self.reg)
         return transport_map(_unit_rows(Wa), _unit_rows(Wb), self.solver, self.reg)
 
 def _lin(c:_Ctx, n:Lin):
     W, b = c.pa[f"{n.path}.weight"], c.pa.get(f"{n.path}.bias")
     if n.inp is not None: W = _align_in(W, c.maps[n.inp].rows)
     if n.out is not None:
-        T = c.tmap(n.path, W, c.pb[f"{n.path}.weight"])
+        T = c.maps[n.out] if n.reuse else c.tmap(n.path, W, c.pb[f"{n.path}.weight"])
         c.maps[n.out] = T
         W, b = _align_out(W, T.cols), (None if b is None else _align_out(b, T.cols))
     c.out[f"{n.path}.weight"] = W
@@ -191,7 +295,9 @@ def _lin(c:_Ctx, n:Lin):
 
 def _attn_maps(c:_Ctx, n:Attn, W):
     "Maps for q, k, v (given their incoming-aligned weights W[p])"
-    key = lambda p: f"{n.path}.{p}"
+    if c.given is not None: return c.given[n.path]
+    nm = dict(zip('qkv', n.names))
+    key = lambda p: f"{n.path}.{nm[p]}"
     if not c.per_head:
         maps = {p: c.tmap(key(p), W[p], c.pb[f"{key(p)}.weight"]) for p in 'qkv'}
         if c.qk == 'tied':
@@ -200,9 +306,9 @@ def _attn_maps(c:_Ctx, n:Attn, W):
                   else torch.cat([_unit_rows(c.pb[f"{key('q')}.weight"]), _unit_rows(c.pb[f"{key('k')}.weight"])], 1))
             maps['q'] = maps['k'] = transport_map(qa, qb, c.solver, c.reg, standardize_points=c.cost == 'acts')
         return maps
-    ma, mb = c.mods_a[n.path], c.mods_b[n.path]
-    if ma.heads != mb.heads: raise ValueError(f"per_head alignment needs equal head counts ({ma.heads} vs {mb.heads}) at {n.path}")
-    H, da, db = ma.heads, ma.d_head, mb.d_head
+    H, Hb = _heads(c.mods_a[n.path]), _heads(c.mods_b[n.path])
+    if H != Hb: raise ValueError(f"per_head alignment needs equal head counts ({H} vs {Hb}) at {n.path}")
+    da, db = W['q'].shape[0] // H, c.pb[f"{key('q')}.weight"].shape[0] // H
     pts = lambda side, p: (c.acts_a if side == 'a' else c.acts_b)[key(p)] if c.cost == 'acts' else _unit_rows(
         W[p] if side == 'a' else c.pb[f"{key(p)}.weight"])
     prep = (lambda x: standardize(x)) if c.cost == 'acts' else (lambda x: x)
@@ -225,12 +331,13 @@ def _attn_maps(c:_Ctx, n:Attn, W):
 
 def _attn(c:_Ctx, n:Attn):
     R = c.maps[n.inp].rows
-    W = {p: _align_in(c.pa[f"{n.path}.{p}.weight"], R) for p in 'qkv'}
+    nm = dict(zip('qkv', n.names))
+    W = {p: _align_in(c.pa[f"{n.path}.{nm[p]}.weight"], R) for p in 'qkv'}
     maps = _attn_maps(c, n, W)
     for p in 'qkv':
-        C = maps[p].cols
-        c.out[f"{n.path}.{p}.weight"] = _align_out(W[p], C)
-        c.out[f"{n.path}.{p}.bias"] = _align_out(c.pa[f"{n.path}.{p}.bias"], C)
+        C, k = maps[p].cols, f"{n.path}.{nm[p]}"
+        c.out[f"{k}.weight"] = _align_out(W[p], C)
+        if f"{k}.bias" in c.pa: c.out[f"{k}.bias"] = _align_out(c.pa[f"{k}.bias"], C)
     c.maps[n.out] = maps['v']                                   # Q and K are sinks: only V's map flows on
 
 def _vec(c:_Ctx, n:Vec):
@@ -240,12 +347,19 @@ def _vec(c:_Ctx, n:Vec):
 def _mergenode(c:_Ctx, n:Merge): c.maps[n.out] = _merge(c.policy, c.maps[n.resid], c.maps[n.block])
 
 def _mapnode(c:_Ctx, n:Map):
-    if c.cost == 'acts': c.maps[n.name] = c.tmap(n.acts); return
+    if c.given is not None or c.cost == 'acts': c.maps[n.name] = c.tmap(n.acts); return
     if not n.wts: raise ValueError(f"the map {n.name!r} at {n.acts!r} declares no weights: it needs cost='acts'")
     cols = lambda P: torch.cat([P[k].reshape(-1, P[k].shape[-1]).T for k in n.wts], 1)   # one point per stream dimension
     c.maps[n.name] = transport_map(_unit_rows(cols(c.pa)), _unit_rows(cols(c.pb)), c.solver, c.reg)
 
-_RULES = {Lin: _lin, Attn: _attn, Vec: _vec, Merge: _mergenode, Map: _mapnode}
+def _tie(c:_Ctx, n:Tie):
+    if n.source not in c.out: raise ValueError(f"{n.path} is tied to {n.source}, which the flow graph has not aligned before it")
+    c.out[n.path] = c.out[n.source]
+
+def _keep(c:_Ctx, n:Keep):
+    for p in n.paths: c.out[p] = c.pa[p]
+
+_RULES = {Lin: _lin, Attn: _attn, Vec: _vec, Merge: _mergenode, Map: _mapnode, Tie: _tie, Keep: _keep}
 
 # %% ../nbs/22_fusion.ipynb #21d0b105
 COSTS, SOLVERS = ('acts', 'wts'), ('emd', 'sinkhorn')
@@ -256,30 +370,62 @@ def _check_opts(cost, solver, reg, qk):
     if solver == 'sinkhorn' and not (isinstance(reg, (int, float)) and reg > 0): raise ValueError(f"sinkhorn needs reg > 0, got {reg!r}")
     if qk not in ('separate', 'tied'): raise ValueError(f"unknown qk policy {qk!r}: 'separate' or 'tied'")
 
+def _floats(m): return {k: v.detach().double() for k, v in m.state_dict().items() if v.is_floating_point()}
+
+def _tick(timings, key, t0):
+    if timings is not None: timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+
+class _Timed(_Ctx):
+    "A context that adds the time spent on transport maps to `timings['ot']`"
+    def tmap(self, *a, **kw):
+        t0 = time.perf_counter()
+        try: return super().tmap(*a, **kw)
+        finally: _tick(self.timings, 'ot', t0)
+
+def _walk(model, anchor, graph, acts_a, acts_b, cost='acts', solver='emd', reg=0.05, policy='mean', qk='separate',
+          per_head=False, given=None, timings=None) -> _Ctx:
+    "Run the per-node rules over `graph`: the aligned parameters of `model` in `c.out` and the maps in `c.maps`"
+    c = _Timed(_floats(model), _floats(anchor), acts_a, acts_b, cost, solver, reg, policy, qk, per_head,
+               dict(model.named_modules()), dict(anchor.named_modules()), given)
+    c.timings = timings
+    for n in graph: _RULES[type(n)](c, n)
+    return c
+
+def _build(anchor, out:dict):
+    "A copy of `anchor` with the parameters `out` (every floating-point entry of its state dict), ties checked"
+    sd = anchor.state_dict()
+    missing = [k for k, v in sd.items() if v.is_floating_point() and k not in out]
+    if missing: raise ValueError(f"the flow graph of {type(anchor).__name__} leaves parameters unaligned: {missing[:6]}")
+    for k, v in out.items():
+        if k not in sd: raise ValueError(f"the flow graph names a parameter {k!r} that {type(anchor).__name__} does not have")
+        if v.shape != sd[k].shape:
+            raise ValueError(f"{k}: aligned shape {tuple(v.shape)} differs from the anchor's {tuple(sd[k].shape)}")
+    shared = {}
+    for name, p in anchor.named_parameters(remove_duplicate=False): shared.setdefault(id(p), []).append(name)
+    for names in shared.values():
+        if any(not torch.equal(out[names[0]], out[k]) for k in names[1:]):
+            raise ValueError(f"the tied parameters {names} were aligned differently: declare one with `Tie`")
+    new = copy.deepcopy(anchor)
+    new.load_state_dict({k: out[k].to(v.dtype) if k in out else v for k, v in sd.items()})
+    return new
+
 def align(model, anchor, calib_data=None, cost:str='acts', solver:str='emd', reg:float=0.05, resid_policy='mean',
-          qk:str='separate', per_head:bool=False, return_maps:bool=False, _acts_b=None):
+          qk:str='separate', per_head:bool=False, return_maps:bool=False, timings:dict=None, _acts_b=None):
     "`model` re-expressed in `anchor`'s basis (a new model with the anchor's architecture and widths), without averaging"
     _check_opts(cost, solver, reg, qk)
     check_compatible(model, anchor)
     graph = graph_for(anchor)
+    acts_a = acts_b = None
     if cost == 'acts':
         _check_calib(model, calib_data); _check_calib(anchor, calib_data)
+        t0 = time.perf_counter()
         acts_a = collect_activations(model, calib_data, graph)
         acts_b = _acts_b if _acts_b is not None else collect_activations(anchor, calib_data, graph)
-    else: acts_a = acts_b = None
-    pa = {k: v.detach().double() for k, v in model.state_dict().items()}
-    pb = {k: v.detach().double() for k, v in anchor.state_dict().items()}
-    c = _Ctx(pa, pb, acts_a, acts_b, cost, solver, reg, resid_policy, qk, per_head,
-             dict(model.named_modules()), dict(anchor.named_modules()))
-    for n in graph: _RULES[type(n)](c, n)
-    missing = [k for k in pb if k not in c.out]
-    if missing: raise ValueError(f"the flow graph of {type(anchor).__name__} leaves parameters unaligned: {missing[:6]}")
-    new = copy.deepcopy(anchor)
-    sd = anchor.state_dict()
-    for k, v in c.out.items():
-        if v.shape != sd[k].shape:
-            raise ValueError(f"{k}: aligned shape {tuple(v.shape)} differs from the anchor's {tuple(sd[k].shape)}")
-    new.load_state_dict({k: c.out[k].to(sd[k].dtype) for k in sd})
+        _tick(timings, 'activations', t0)
+    t0, ot0 = time.perf_counter(), (timings or {}).get('ot', 0.0)
+    c = _walk(model, anchor, graph, acts_a, acts_b, cost, solver, reg, resid_policy, qk, per_head, timings=timings)
+    new = _build(anchor, c.out)
+    if timings is not None: timings['weights'] = timings.get('weights', 0.0) + time.perf_counter() - t0 - (timings.get('ot', 0.0) - ot0)
     return (new, c.maps) if return_maps else new
 
 # %% ../nbs/22_fusion.ipynb #69ed3625
@@ -306,17 +452,21 @@ def vanilla_average(models, weights=None):
     return _average(models, _weights(weights, len(models)), models[0])
 
 def fuse(models, anchor=0, calib_data=None, cost:str='acts', solver:str='emd', reg:float=0.05, resid_policy='mean',
-         weights=None, qk:str='separate', per_head:bool=False):
+         weights=None, qk:str='separate', per_head:bool=False, timings:dict=None):
     "OT fusion: align every model to the anchor (an index into `models`) and average with `weights`"
     models = list(models)
     if not models: raise ValueError("no models to fuse")
     if not isinstance(anchor, int) or not 0 <= anchor < len(models):
         raise ValueError(f"anchor must be the index of one of the {len(models)} models, got {anchor!r}")
     w, A = _weights(weights, len(models)), models[anchor]
-    acts_b = collect_activations(A, calib_data, graph_for(A)) if cost == 'acts' and calib_data is not None else None
-    aligned = [A if i == anchor else align(m, A, calib_data, cost, solver, reg, resid_policy, qk, per_head, _acts_b=acts_b)
-               for i, m in enumerate(models)]
-    return _average(aligned, w, A)
+    acts_b = None
+    if cost == 'acts' and calib_data is not None:
+        _check_calib(A, calib_data)
+        t0 = time.perf_counter(); acts_b = collect_activations(A, calib_data, graph_for(A)); _tick(timings, 'activations', t0)
+    aligned = [A if i == anchor else align(m, A, calib_data, cost, solver, reg, resid_policy, qk, per_head,
+                                           timings=timings, _acts_b=acts_b) for i, m in enumerate(models)]
+    t0 = time.perf_counter(); out = _average(aligned, w, A); _tick(timings, 'weights', t0)
+    return out
 
 # %% ../nbs/22_fusion.ipynb #4f2b0a18
 def _head_perm(heads, dh, g):
@@ -324,36 +474,137 @@ def _head_perm(heads, dh, g):
     within = torch.randperm(dh, generator=g)
     return torch.cat([h * dh + within for h in heads])
 
+def _perm_map(perm) -> TransportMap:
+    "The map that puts neuron perm[j] of A at position j of B (P[perm[j], j] = 1/n)"
+    n = len(perm); P = torch.zeros(n, n, dtype=torch.float64)
+    P[perm, torch.arange(n)] = 1.0 / n
+    return TransportMap(P, 'given')
+
 def permuted_copy(model, seed:int=0):
-    "A copy of a `ViT` or `BERT` computing the same function with permuted stream, heads, head dimensions and MLP units"
-    g = torch.Generator().manual_seed(seed)
-    m = copy.deepcopy(model)
-    sd = {k: v.clone() for k, v in m.state_dict().items()}
-    d = m.cfg.d
-    pi = torch.randperm(d, generator=g)
-    rows = lambda k, p: sd.__setitem__(k, sd[k][p])
-    cols = lambda k, p: sd.__setitem__(k, sd[k][:, p])
-    last = lambda k, p: sd.__setitem__(k, sd[k][..., p])
-    for i, b in enumerate(m.blocks):
-        pre = f"blocks.{i}"
-        a = b.attn
-        heads = torch.randperm(a.heads, generator=g)       # Q, K and V must move their heads together ...
-        pqk, pv = _head_perm(heads, a.d_head, g), _head_perm(heads, a.d_head, g)   # ... V may reorder inside a head
-        rho = torch.randperm(b.fc1.out_features, generator=g)
-        for p, perm in (('q', pqk), ('k', pqk), ('v', pv)):
-            rows(f"{pre}.attn.{p}.weight", perm); cols(f"{pre}.attn.{p}.weight", pi); rows(f"{pre}.attn.{p}.bias", perm)
-        cols(f"{pre}.attn.o.weight", pv); rows(f"{pre}.attn.o.weight", pi); rows(f"{pre}.attn.o.bias", pi)
-        rows(f"{pre}.fc1.weight", rho); cols(f"{pre}.fc1.weight", pi); rows(f"{pre}.fc1.bias", rho)
-        cols(f"{pre}.fc2.weight", rho); rows(f"{pre}.fc2.weight", pi); rows(f"{pre}.fc2.bias", pi)
-        for ln in ('ln1', 'ln2'): rows(f"{pre}.{ln}.weight", pi); rows(f"{pre}.{ln}.bias", pi)
-    if isinstance(m, ViT):
-        rows('patch.weight', pi); rows('patch.bias', pi); last('cls', pi); last('pos', pi)
-        rows('norm.weight', pi); rows('norm.bias', pi); cols('head.weight', pi)
-    elif isinstance(m, BERT):
-        mu = torch.randperm(d, generator=g)
-        cols('tok.weight', pi); cols('pos.weight', pi); rows('emb_norm.weight', pi); rows('emb_norm.bias', pi)
-        rows('mlm_dense.weight', mu); cols('mlm_dense.weight', pi); rows('mlm_dense.bias', mu)
-        rows('mlm_norm.weight', mu); rows('mlm_norm.bias', mu); cols('decoder.weight', mu)
-    else: raise TypeError(f"permuted_copy knows ViT and BERT, not {type(m).__name__}")
-    m.load_state_dict(sd)
-    return m
+    "A copy of `model` (any registered architecture) computing the same function with permuted stream, heads, head dimensions and MLP units"
+    graph, g = graph_for(model), torch.Generator().manual_seed(seed)
+    sd, mods = model.state_dict(), dict(model.named_modules())
+    parent = {}
+    def find(a):
+        while parent.get(a, a) != a: a = parent[a]
+        return a
+    for n in graph:                                       # a merge joins its maps: one permutation for all of them
+        if isinstance(n, Merge):
+            for m in (n.resid, n.block): parent[find(m)] = find(n.out)
+    perms = {}
+    def perm(name, width, fixed=None):
+        r = find(name)
+        if r not in perms: perms[r] = fixed if fixed is not None else torch.randperm(width, generator=g)
+        if len(perms[r]) != width or (fixed is not None and not torch.equal(perms[r], fixed)):
+            raise ValueError(f"cannot permute {type(model).__name__} consistently at map {name!r}")
+        return _perm_map(perms[r])
+    given = {}
+    for n in graph:
+        if isinstance(n, Lin) and n.out is not None and not n.reuse:
+            given[n.path] = perm(n.out, sd[f"{n.path}.weight"].shape[0])
+        elif isinstance(n, Map):
+            if not n.wts: raise ValueError(f"permuted_copy needs the weights of map {n.name!r} (Map.wts)")
+            given[n.acts] = perm(n.name, sd[n.wts[0]].shape[-1])
+        elif isinstance(n, Attn):
+            H = _heads(mods[n.path])
+            dq, dv = (sd[f"{n.path}.{p}.weight"].shape[0] for p in (n.names[0], n.names[2]))
+            heads = torch.randperm(H, generator=g)       # Q, K and V move their heads together ...
+            pqk, pv = _head_perm(heads, dq // H, g), _head_perm(heads, dv // H, g)   # ... V may reorder inside a head
+            given[n.path] = {'q': _perm_map(pqk), 'k': _perm_map(pqk), 'v': perm(n.out, dv, fixed=pv)}
+    c = _walk(model, model, graph, None, None, policy='only_resid', given=given)
+    return _build(model, c.out)
+
+# %% ../nbs/22_fusion.ipynb #28c2b26f
+def _has(m, path:str) -> bool:
+    try: m.get_submodule(path); return True
+    except AttributeError: return False
+
+def _pick(m, base:str, layouts):
+    "The first layout (a tuple of sub-module names, first one probed) found under `base`: transformers renames modules across versions"
+    for lay in layouts:
+        if _has(m, f"{base}.{lay[0]}"): return lay
+    raise ValueError(f"{type(m).__name__} has none of {[f'{base}.{l[0]}' for l in layouts]}: an unknown transformers layout")
+
+def hf_vit_graph(m) -> list:
+    "The transport-map flow graph of a Hugging Face `ViTForImageClassification` (pre-LN; transformers 4.x and 5.x names)"
+    e, params = 'vit.embeddings', dict(m.named_parameters(remove_duplicate=False))
+    layers = 'vit.encoder.layer' if _has(m, 'vit.encoder.layer') else 'vit.layers'
+    b0 = f"{layers}.0"
+    q, k, v, o = _pick(m, b0, [('attention.attention.query', 'attention.attention.key', 'attention.attention.value', 'attention.output.dense'),
+                               ('attention.q_proj', 'attention.k_proj', 'attention.v_proj', 'attention.o_proj')])
+    att = q.rsplit('.', 1)[0]
+    fc1, fc2 = _pick(m, b0, [('intermediate.dense', 'output.dense'), ('mlp.fc1', 'mlp.fc2')])
+    g = [Lin(f"{e}.patch_embeddings.projection", None, 'x'),
+         Vec(tuple(p for p in (f"{e}.cls_token", f"{e}.position_embeddings", f"{e}.mask_token") if p in params), 'x')]
+    for i in range(m.config.num_hidden_layers):
+        b = f"{layers}.{i}"
+        g += [Vec(_ln(f"{b}.layernorm_before"), 'x'),
+              Attn(f"{b}.{att}", 'x', f"v{i}", tuple(s.rsplit('.', 1)[1] for s in (q, k, v))),
+              Lin(f"{b}.{o}", f"v{i}", f"o{i}"), Merge('x', 'x', f"o{i}"), Vec(_ln(f"{b}.layernorm_after"), 'x'),
+              Lin(f"{b}.{fc1}", 'x', f"h{i}"), Lin(f"{b}.{fc2}", f"h{i}", f"f{i}"), Merge('x', 'x', f"f{i}")]
+    return g + [Vec(_ln('vit.layernorm'), 'x'), Lin('classifier', 'x', None)]
+
+def hf_bert_graph(m) -> list:
+    "The transport-map flow graph of a Hugging Face `BertForMaskedLM` (post-LN, token types, tied or untied decoder)"
+    e, p, params = 'bert.embeddings', 'cls.predictions', dict(m.named_parameters(remove_duplicate=False))
+    emb = tuple(k for k in (f"{e}.word_embeddings.weight", f"{e}.position_embeddings.weight",
+                            f"{e}.token_type_embeddings.weight") if k in params)
+    tied = params[f"{p}.decoder.weight"] is params[f"{e}.word_embeddings.weight"]
+    g, s = [Map('e', f"{e}.LayerNorm", wts=emb), Vec(emb, 'e'), Vec(_ln(f"{e}.LayerNorm"), 'e')], 'e'
+    for i in range(m.config.num_hidden_layers):
+        b = f"bert.encoder.layer.{i}"
+        g += [Attn(f"{b}.attention.self", s, f"v{i}", ('query', 'key', 'value')),
+              Lin(f"{b}.attention.output.dense", f"v{i}", f"o{i}"), Merge('x', s, f"o{i}"),
+              Vec(_ln(f"{b}.attention.output.LayerNorm"), 'x'),
+              Lin(f"{b}.intermediate.dense", 'x', f"h{i}"), Lin(f"{b}.output.dense", f"h{i}", f"f{i}"),
+              Merge('x', 'x', f"f{i}"), Vec(_ln(f"{b}.output.LayerNorm"), 'x')]
+        s = 'x'
+    biases = Keep(tuple(k for k in (f"{p}.bias", f"{p}.decoder.bias") if k in params))
+    if tied:   # the transform must speak the embedding basis: its output map is the embedding map
+        return g + [Lin(f"{p}.transform.dense", s, 'e', reuse=True), Vec(_ln(f"{p}.transform.LayerNorm"), 'e'),
+                    Tie(f"{p}.decoder.weight", f"{e}.word_embeddings.weight"), biases]
+    return g + [Lin(f"{p}.transform.dense", s, 'm'), Vec(_ln(f"{p}.transform.LayerNorm"), 'm'),
+                Lin(f"{p}.decoder", 'm', None), biases]
+
+def _size(s): return tuple(s) if isinstance(s, (tuple, list)) else (s, s)
+
+def _hf_vit_call(m, x): return m(**x) if isinstance(x, dict) else m(pixel_values=x)
+
+def _hf_vit_check(m, x):
+    px, c = (x.get('pixel_values') if isinstance(x, dict) else x), m.config
+    want = (c.num_channels, *_size(c.image_size))
+    if not (torch.is_tensor(px) and px.dim() == 4 and tuple(px.shape[1:]) == want):
+        raise ValueError(f"ViTForImageClassification expects pixel_values (n, {', '.join(map(str, want))}), got "
+                         f"{tuple(px.shape) if torch.is_tensor(px) else type(px).__name__}")
+
+def _hf_vit_dims(m):
+    c = m.config
+    return dict(depth=c.num_hidden_layers, image_size=_size(c.image_size), patch_size=_size(c.patch_size),
+                in_channels=c.num_channels, classes=c.num_labels)
+
+def _hf_bert_inputs(m, x):
+    if isinstance(x, dict): return x
+    pad = m.config.pad_token_id
+    return dict(input_ids=x, attention_mask=(x != pad).long() if pad is not None else torch.ones_like(x))
+
+def _hf_bert_keep(m, x):
+    d = _hf_bert_inputs(m, x)
+    return d['attention_mask'].bool() if 'attention_mask' in d else torch.ones_like(d['input_ids'], dtype=torch.bool)
+
+def _hf_bert_check(m, x):
+    ids, c = (x.get('input_ids') if isinstance(x, dict) else x), m.config
+    if not (torch.is_tensor(ids) and ids.dim() == 2 and not ids.is_floating_point() and ids.shape[1] <= c.max_position_embeddings):
+        raise ValueError(f"BertForMaskedLM expects input_ids (n, L ≤ {c.max_position_embeddings}) of an integer dtype, got "
+                         f"{tuple(ids.shape) if torch.is_tensor(ids) else type(ids).__name__}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
+        raise ValueError(f"token ids must lie in [0, {c.vocab_size - 1}]")
+
+def _hf_bert_dims(m):
+    c, params = m.config, dict(m.named_parameters(remove_duplicate=False))
+    tied = params['cls.predictions.decoder.weight'] is params['bert.embeddings.word_embeddings.weight']
+    return dict(depth=c.num_hidden_layers, max_len=c.max_position_embeddings, vocab_size=c.vocab_size,
+                type_vocab_size=c.type_vocab_size, tied_decoder=tied)
+
+register_graph('transformers.ViTForImageClassification', hf_vit_graph, call=_hf_vit_call, dims=_hf_vit_dims, check=_hf_vit_check)
+register_graph('transformers.BertForMaskedLM', hf_bert_graph, call=lambda m, x: m(**_hf_bert_inputs(m, x)),
+               keep=_hf_bert_keep, dims=_hf_bert_dims, check=_hf_bert_check)
