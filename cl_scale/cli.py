@@ -6,8 +6,8 @@ Docs: https://cl-scale.github.io/cl_scale/cli.html.md"""
 
 # %% ../nbs/30_cli.ipynb #3e59d87f
 from __future__ import annotations
-import csv, json, math, platform, time, traceback
-from dataclasses import dataclass, field, asdict, replace
+import csv, json, platform, time, traceback
+from dataclasses import dataclass, field, asdict
 from datetime import datetime
 from pathlib import Path
 import numpy as np
@@ -16,16 +16,15 @@ import matplotlib
 import matplotlib.pyplot as plt
 from fastcore.script import call_parse
 import cl_scale
-from .param import coord_check_data, coord_check_grid, coord_slopes, plot_coord_grid, MLP, Parameterization
-from .data import make_stream
-from .continual import TrainConfig, train_continual
+from .param import coord_check_data, coord_check_grid, coord_slopes, plot_coord_grid
+from .cl_experiments import CLSuite, EXPERIMENTS, run_suite
+import pandas as pd
 from .dmft import similarity_problem, solve_two_layer, lazy_two_layer, convergence_study, plot_convergence
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PARTS', 'ReproConfig', 'Claim', 'PartResult', 'read_table', 'coord_check_claims', 'part_coord_check',
-           'continual_claims', 'plot_continual_part', 'part_continual', 'dmft_claims', 'part_dmft', 'run_reproduce',
-           'reproduce']
+__all__ = ['PARTS', 'ReproConfig', 'Claim', 'PartResult', 'read_table', 'coord_check_claims', 'part_coord_check', 'dmft_claims',
+           'part_dmft', 'run_reproduce', 'reproduce']
 
 # %% ../nbs/30_cli.ipynb #7af9d567
 @dataclass
@@ -38,11 +37,13 @@ class ReproConfig:
     lr: float = 4.0                       # base learning rate η0 of the coordinate check
     steps: int = 3                        # SGD steps of the coordinate check
     depth: int = 3                        # hidden layers of the coordinate-check MLP
-    cl_gamma0s: tuple = (0.03, 0.1, 0.3, 1.0)  # γ0 values of the continual-learning part
-    cl_width: int = 256                   # width of its MLP (2 hidden layers)
-    cl_tasks: int = 3                     # permuted-digit tasks
-    cl_p: float = 0.5                     # fraction of pixels permuted per task
+    cl_widths: tuple = (64, 256)          # continual learning (see `04_cl_experiments`): widths of the γ0 sweeps
+    cl_gamma0s: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # their γ0 grid
+    cl_similarities: tuple = (0.0, 0.5, 0.75)  # task similarities (1 − p) of the similarity experiment
+    cl_width_widths: tuple = (64, 256, 1024)   # widths of the NTP-vs-μP experiment
+    cl_tasks: int = 5                     # permuted-digit tasks
     cl_epochs: int = 2                    # epochs per task
+    workers: int = None                   # processes for the sweeps (default: one per core)
     dmft_widths: tuple = (64, 256, 1024, 4096)  # finite widths compared with the two-layer DMFT
     dmft_seeds: int = 12                  # initialisations per width
     dmft_gamma0s: tuple = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)  # γ0 grid of the DMFT forgetting curves
@@ -54,10 +55,17 @@ class ReproConfig:
     def make(cls, quick:bool=True, **kw):
         "The quick or the full settings, with any field overridden by `kw`"
         full = {} if quick else dict(widths=(64, 128, 256, 512, 1024, 2048, 4096), seeds=tuple(range(6)),
-                                     cl_gamma0s=(0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0), cl_tasks=5, dmft_seeds=24,
+                                     cl_widths=(64, 256, 1024), cl_gamma0s=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0),
+                                     cl_similarities=(0.0, 0.25, 0.5, 0.75, 0.9), cl_width_widths=(64, 128, 256, 512, 1024, 2048),
+                                     dmft_seeds=24,
                                      dmft_gamma0s=(0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
                                      dmft_eps=(0.05, 0.25, 0.5, 0.75, 0.95), dmft_steps=200, dmft_S=40_000)
         return cls(quick=quick, **{**full, **kw})
+
+    def cl_suite(self) -> CLSuite:
+        "The continual-learning experiments' sizes"
+        return CLSuite(widths=self.cl_widths, gamma0s=self.cl_gamma0s, seeds=self.seeds, similarities=self.cl_similarities,
+                       width_widths=self.cl_width_widths, n_tasks=self.cl_tasks, epochs=self.cl_epochs)
 
 @dataclass
 class Claim:
@@ -122,74 +130,30 @@ def part_coord_check(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResul
                              f"η0={cfg.lr}, seeds {list(cfg.seeds)}; RMS change of each layer's output since init."))
 
 # %% ../nbs/30_cli.ipynb #6e48a2af
-_CL_FIELDS = ('gamma0', 'seed', 'LA', 'LE', 'CF', 'CFr', 'AA', 'AE', 'cka_init_t1', 'cka_t1_end', 'phi_t1_end',
-              'ntk_t1_end', 'diverged')
+_CL_TITLES = dict(stationary='Continual learning (1): stationary vs continual training across γ0 and width',
+                  width='Continual learning (2): forgetting vs width, NTP vs μP',
+                  gamma='Continual learning (3): the lazy→rich transition in γ0',
+                  similarity='Continual learning (4): task similarity, the optimal γ0 and the transition')
 
-def _read_cl(path): return read_table(path, ints=('seed',), bools=('diverged',))
-
-def _cl_means(recs, key):
-    g0s = sorted({r['gamma0'] for r in recs})
-    vals = [[r[key] for r in recs if r['gamma0'] == g and not r['diverged']] for g in g0s]
-    return g0s, np.array([np.mean(v) if v else np.nan for v in vals]), np.array([np.std(v) if v else np.nan for v in vals])
-
-def continual_claims(recs:list) -> list:
-    "The lazy-vs-rich claims checked against the continual part's records (as saved in `continual.csv`)"
-    g0s, cka, _ = _cl_means(recs, 'cka_t1_end')
-    _, la, _ = _cl_means(recs, 'LA'); _, cfr, _ = _cl_means(recs, 'CFr'); _, aa, _ = _cl_means(recs, 'AA')
-    lo, hi = f"γ0={g0s[0]:g}", f"γ0={g0s[-1]:g}"
-    best = int(np.nanargmax(aa))
-    n_div = sum(r['diverged'] for r in recs)
-    return [
-        Claim(f"Features move more in the rich regime: CKA distance (task 1 → end) at {hi} > 10× that at {lo}",
-              f"{cka[-1]:.3g} vs {cka[0]:.3g}", bool(cka[-1] > 10 * cka[0])),
-        Claim(f"More feature learning, more plasticity: learning accuracy LA higher at {hi} than at {lo}",
-              f"{la[-1]:.3f} vs {la[0]:.3f}", bool(la[-1] > la[0])),
-        Claim(f"More feature learning, more forgetting: forgetting rate CFr higher at {hi} than at {lo}",
-              f"{cfr[-1]:.3f} vs {cfr[0]:.3f}", bool(cfr[-1] > cfr[0])),
-        Claim("The best final average accuracy AA is at an intermediate γ0 (neither end of the grid)",
-              f"best γ0={g0s[best]:g} (AA {aa[best]:.3f}; ends {aa[0]:.3f}, {aa[-1]:.3f})", 0 < best < len(g0s) - 1),
-        Claim("No run diverged", f"{n_div} of {len(recs)} diverged", n_div == 0),
-    ]
-
-_CL_LABELS = {'AA': 'final average accuracy AA', 'LA': 'learning accuracy LA', 'CFr': 'CFr',
-              'cka_init_t1': 'features: init → task 1', 'cka_t1_end': 'features: task 1 → end'}
-
-def plot_continual_part(recs:list):
-    "AA and LA, CFr, and feature change against γ0 (mean ± std over seeds)"
-    fig, axs = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, keys, yl in ((axs[0], ('AA', 'LA'), 'accuracy'), (axs[1], ('CFr',), 'forgetting rate CFr'),
-                         (axs[2], ('cka_init_t1', 'cka_t1_end'), 'CKA distance')):
-        for k in keys:
-            g, m, s = _cl_means(recs, k)
-            ax.errorbar(g, m, yerr=s, marker='o', capsize=3, label=_CL_LABELS.get(k, k))
-        ax.set(xscale='log', xlabel='γ0', ylabel=yl); ax.legend(fontsize=8)
-    axs[2].set_yscale('log')
-    fig.suptitle('μP MLP on permuted digits: lazy (small γ0) vs rich (large γ0)'); fig.tight_layout()
-    return fig
-
-def part_continual(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
-    "Train μP MLPs on permuted digits over a γ0 grid and seeds; save records and figure; check the claims from the records"
-    stream = make_stream(kind='permuted', p=cfg.cl_p, n_tasks=cfg.cl_tasks)
-    tcfg, recs = TrainConfig(epochs=cfg.cl_epochs, n_ntk=16), []
-    jobs = [(g, s) for s in cfg.seeds for g in cfg.cl_gamma0s]
-    for g, s in tqdm(jobs, desc='continual runs', disable=not progress, leave=False):
-        torch.manual_seed(s)
-        model = MLP(stream.d_in, cfg.cl_width, 2, stream.d_out, Parameterization('mup', gamma0=g))
-        r = train_continual(model, stream, replace(tcfg, seed=s), progress=False)
-        fm = r.feature_metrics()
-        recs.append(dict(gamma0=g, seed=s, **{k: r.metrics[k] for k in ('LA', 'LE', 'CF', 'CFr', 'AA', 'AE')},
-                         **{k: fm.get(k, math.nan) for k in ('cka_init_t1', 'cka_t1_end', 'phi_t1_end', 'ntk_t1_end')},
-                         diverged=r.diverged))
-    with open(out/'continual.csv', 'w', newline='') as f:
-        w = csv.DictWriter(f, _CL_FIELDS); w.writeheader(); w.writerows(recs)
-    recs = _read_cl(out/'continual.csv')
-    fig = plot_continual_part(recs); fig.savefig(out/'continual.png', dpi=110); plt.close(fig)
-    return PartResult('continual', 'Continual learning: lazy vs rich on permuted digits', figures=['continual.png'],
-                      tables=['continual.csv'], claims=continual_claims(recs),
-                      notes=(f"μP MLP, width {cfg.cl_width}, 2 hidden layers; {cfg.cl_tasks} permuted-digit tasks "
-                             f"(p={cfg.cl_p}), {cfg.cl_epochs} epochs per task, SGD η0={tcfg.lr} with a cosine schedule "
-                             f"restarted per task, batch {tcfg.batch_size}; γ0 in {list(cfg.cl_gamma0s)}, seeds "
-                             f"{list(cfg.seeds)}; mean ± std over seeds."))
+def _cl_part(name:str):
+    "The reproduce part that runs the continual-learning experiment `name` of `EXPERIMENTS`"
+    table, claims, plot = EXPERIMENTS[name]
+    def part(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
+        suite = cfg.cl_suite()
+        df = run_suite(suite, out/'sweeps.db', workers=cfg.workers, progress=progress, only=[name])[name]
+        table(df).to_csv(out/f'cl_{name}.csv', index=False)
+        t = pd.read_csv(out/f'cl_{name}.csv')
+        fig = plot(t); fig.savefig(out/f'cl_{name}.png', dpi=110); plt.close(fig)
+        b = suite.base()
+        notes = (f"μP/NTP MLPs with {suite.depth} hidden layers on {suite.n_tasks} permuted-digit tasks (shared 10-way head), "
+                 f"{suite.epochs} epochs per task, SGD η0 = {b.train['lr']:g}, batch 128, cosine schedule restarted per task; "
+                 f"seeds {list(suite.seeds)}; points are mean ± standard error over seeds. {len(df)} runs, "
+                 f"{int(df.diverged.sum())} diverged (left out of the means).")
+        return PartResult(f'cl_{name}', _CL_TITLES[name], figures=[f'cl_{name}.png'], tables=[f'cl_{name}.csv'],
+                          claims=[Claim(**c) for c in claims(t)], notes=notes)
+    part.__name__ = part.__qualname__ = f'part_cl_{name}'
+    part.__doc__ = f"Run the continual-learning experiment {name!r}; save its table and figure; check its claims from the table"
+    return part
 
 # %% ../nbs/30_cli.ipynb #73d5793e
 def dmft_claims(conv:list, forg:list) -> list:
@@ -247,7 +211,7 @@ def part_dmft(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
                              f"S = {cfg.dmft_S} particles, γ0 in {list(cfg.dmft_gamma0s)}, ε in {list(cfg.dmft_eps)}."))
 
 # %% ../nbs/30_cli.ipynb #9c39db56
-PARTS = {'coord_check': part_coord_check, 'continual': part_continual, 'dmft': part_dmft}
+PARTS = {'coord_check': part_coord_check, **{f'cl_{k}': _cl_part(k) for k in EXPERIMENTS}, 'dmft': part_dmft}
 
 # %% ../nbs/30_cli.ipynb #c2a3463d
 def _md_report(cfg, parts, meta):
@@ -300,11 +264,12 @@ def reproduce(
     out:str='results',           # folder in which the run's folder is created
     only:str=None,               # comma-separated parts to run (default: all)
     threads:int=None,            # torch threads (default: torch's choice)
+    workers:int=None,            # processes for the continual-learning sweeps (default: one per core)
 ):
     "Run cl_scale's experiments on the embedded default data and write figures, numbers and a report to `out`"
     matplotlib.use('Agg')
     if threads: torch.set_num_threads(threads)
-    run = run_reproduce(ReproConfig.make(quick=quick), out, only=only.split(',') if only else None)
+    run = run_reproduce(ReproConfig.make(quick=quick, workers=workers), out, only=only.split(',') if only else None)
     print(f"[cl-scale-reproduce] report: {run/'report.md'}")
     res = json.loads((run/'results.json').read_text())
     for p in res['parts']:

@@ -6,13 +6,13 @@ Docs: https://cl-scale.github.io/cl_scale/continual.html.md"""
 
 # %% ../nbs/02_continual.ipynb #944922f7
 from __future__ import annotations
-import math, time
+import copy, math, time
 from dataclasses import dataclass, field, asdict, replace
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from torch.func import functional_call, vmap, grad
+from torch.func import functional_call, vmap, grad, grad_and_value, stack_module_state
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from .param import ScaledModel, make_optimizer, param_groups, ScaledLayer, ScaledLinear
@@ -263,71 +263,162 @@ class ContinualResult:
 
 def _finite_params(model): return all(torch.isfinite(p).all() for p in model.parameters())
 
-def train_continual(model:nn.Module, stream:TaskStream, cfg:TrainConfig=None, optimizer=None,
-                    progress:bool=True, on_task_end=None) -> ContinualResult:
-    "Train `model` on the tasks of `stream` in order; evaluate every task after each one"
-    cfg = cfg or TrainConfig()
-    T, t0 = len(stream), time.time()
+class _Looped:
+    "One model stepped by a torch optimizer (`optimizer(model, lr)`, default the parameterization's SGD)"
+    def __init__(self, models, cfgs, optimizer):
+        (self.model,) = self.models = models
+        self.opt = (optimizer or make_optimizer)(self.model, cfgs[0].lr)
+        for gr in self.opt.param_groups: gr.setdefault('base_lr', gr['lr'])
+    def losses(self, x, y, h, loss):
+        self.opt.zero_grad(set_to_none=True)
+        self._l = task_loss(call_model(self.model, x[0], h if not isinstance(h, torch.Tensor) else h[0]), y[0], loss)
+        return self._l.detach().reshape(1)
+    def step(self, alive, f):
+        for gr in self.opt.param_groups: gr['lr'] = gr['base_lr'] * f
+        self._l.backward(); self.opt.step()
+    def finite(self) -> list: return [_finite_params(self.model)]
+    def sync(self): pass
+
+def _check_same_arch(models):
+    "Batched models must differ only in their parameter values and per-layer scalars (γ0, parameterization)"
+    m0 = models[0]
+    shapes = lambda m: [(n, tuple(p.shape), p.dtype, p.device) for n, p in m.named_parameters()]
+    for m in models[1:]:
+        if type(m) is not type(m0) or shapes(m) != shapes(m0) or [n for n, _ in m.named_buffers()] != [n for n, _ in m0.named_buffers()]:
+            raise ValueError(f"batched models must share one architecture: {type(m0).__name__} and {type(m).__name__} "
+                             f"differ in class, parameter shapes, dtype or buffers")
+        for a in ('act_name', 'branch_mult'):
+            if getattr(m, a, None) != getattr(m0, a, None): raise ValueError(f"batched models differ in {a}")
+        if isinstance(m, ScaledModel) and m.param.readout != m0.param.readout:
+            raise ValueError(f"batched models differ in their readout ({m0.param.readout!r} vs {m.param.readout!r})")
+
+class _Batched:
+    "Models of one architecture trained as one: parameters stacked with `stack_module_state`, loss and gradient by `vmap`, plain SGD"
+    def __init__(self, models, cfgs, optimizer):
+        if optimizer is not None: raise ValueError("batched training uses the paper's plain SGD: pass optimizer=None")
+        _check_same_arch(models)
+        self.models = models
+        params, self.bufs = stack_module_state(models)
+        self.params = {n: p.detach() for n, p in params.items()}
+        self.base = copy.deepcopy(models[0]).to('meta')   # the code of the forward pass; its weights are never used
+        named = [dict(m.named_modules()) for m in models]
+        self.scaled = [(n, m) for n, m in self.base.named_modules() if isinstance(getattr(m, 'mult', None), float)]
+        dt = next(iter(self.params.values())).dtype
+        self.mults = {n: torch.tensor([d[n].mult for d in named], dtype=dt) for n, _ in self.scaled}
+        lrm = [lr_mults(m) for m in models]
+        self.base_lr = {n: torch.tensor([c.lr * lm[n] for c, lm in zip(cfgs, lrm)], dtype=torch.float64) for n in self.params}
+        self.fns = {}
+    def _one(self, p, b, mu, x, y, h, loss):
+        for n, m in self.scaled: m.mult = mu[n]          # this model's layer multipliers (γ0 and width factors)
+        return task_loss(functional_call(self.base, (p, b), (x, h)), y, loss)
+    def losses(self, x, y, h, loss):
+        key = (isinstance(h, torch.Tensor), loss)
+        if key not in self.fns:
+            self.fns[key] = vmap(grad_and_value(lambda p, b, mu, x, y, h: self._one(p, b, mu, x, y, h, loss)),
+                                 in_dims=(0, 0, 0, 0, 0, 0 if key[0] else None))
+        self._g, l = self.fns[key](self.params, self.bufs, self.mults, x, y, h)
+        return l.detach()
+    def step(self, alive, f):
+        live, everyone = torch.tensor(alive), all(alive)
+        with torch.no_grad():
+            for n, p in self.params.items():
+                lr = (self.base_lr[n] * f).to(p.dtype).view(-1, *[1] * (p.dim() - 1))
+                if everyone: p.addcmul_(self._g[n], lr, value=-1)     # in place: one pass over the weights
+                else: p.copy_(torch.where(live.view_as(lr), p - self._g[n] * lr, p))   # a diverged model stays put
+    def finite(self) -> list:
+        return [all(bool(torch.isfinite(p[i]).all()) for p in self.params.values()) for i in range(len(self.models))]
+    def sync(self):
+        "Write the stacked parameters back into the user's models"
+        with torch.no_grad():
+            for i, m in enumerate(self.models):
+                for n, p in m.named_parameters(): p.copy_(self.params[n][i])
+
+def _configs(cfg, M):
+    cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg or TrainConfig()] * M
+    if len(cfgs) != M: raise ValueError(f"got {len(cfgs)} configs for {M} models")
+    shared = lambda c: {k: v for k, v in c.to_dict().items() if k not in ('seed', 'lr')}
+    if any(shared(c) != shared(cfgs[0]) for c in cfgs): raise ValueError("batched configs may differ only in `seed` and `lr`")
+    return cfgs
+
+def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress:bool=True, on_task_end=None,
+                    on_epoch=None):
+    "Train `model` (or a list of same-shape models, batched) on the tasks of `stream` in order; evaluate every task after each one"
+    batched = isinstance(model, (list, tuple))
+    models = list(model) if batched else [model]
+    if not models: raise ValueError("no models to train")
+    M, T, t0 = len(models), len(stream), time.time()
+    cfgs = _configs(cfg, M); cfg = cfgs[0]
     if T < 1: raise ValueError("the stream has no tasks")
-    if not isinstance(model, ScaledModel) and stream.n_heads > 1:
-        raise ValueError(f"{type(model).__name__} has no task heads: it can only learn single-head streams, "
-                         f"and this one has {stream.n_heads} heads")
-    if isinstance(model, ScaledModel) and model.readout.n_heads < stream.n_heads:
-        raise ValueError(f"the stream needs {stream.n_heads} heads; the model has {model.readout.n_heads}")
-    dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
+    for mdl in models:
+        if not isinstance(mdl, ScaledModel) and stream.n_heads > 1:
+            raise ValueError(f"{type(mdl).__name__} has no task heads: it can only learn single-head streams, "
+                             f"and this one has {stream.n_heads} heads")
+        if isinstance(mdl, ScaledModel) and mdl.readout.n_heads < stream.n_heads:
+            raise ValueError(f"the stream needs {stream.n_heads} heads; the model has {mdl.readout.n_heads}")
+    eng = (_Batched if batched else _Looped)(models, cfgs, optimizer)
+    dev, dt = next(models[0].parameters()).device, next(models[0].parameters()).dtype
     mv = lambda t: t.to(dev, dt) if t.is_floating_point() else t.to(dev)
     keys = ('x_train', 'y_train', 'x_test', 'y_test', 'heads_train', 'heads_test')
     tasks = [replace(t, **{k: mv(getattr(t, k)) for k in keys if getattr(t, k) is not None}) for t in stream]
-    opt = (optimizer or make_optimizer)(model, cfg.lr)
-    for gr in opt.param_groups: gr.setdefault('base_lr', gr['lr'])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    acc, loss = np.full((T, T), np.nan), np.full((T, T), np.nan)
-    init = {n: p.detach().clone() for n, p in model.named_parameters()}
-    use_feats = cfg.n_probe > 0 and hasattr(model, 'features')
+    gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
+    acc, loss = np.full((M, T, T), np.nan), np.full((M, T, T), np.nan)
+    inits = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in models]
+    use_feats = cfg.n_probe > 0 and hasattr(models[0], 'features')
     probe = tasks[0].x_test[:cfg.n_probe] if use_feats else None
     probe_head = tasks[0].heads('test', torch.arange(len(probe))) if use_feats else None
     if isinstance(probe_head, torch.Tensor) and (probe_head == probe_head[0]).all(): probe_head = int(probe_head[0])
-    snap_f = lambda: model_features(model, probe).cpu()
-    snap_k = lambda: empirical_ntk(model, probe[:cfg.n_ntk], probe_head if isinstance(probe_head, int) else probe_head[:cfg.n_ntk]).cpu()
-    feats = [snap_f()] if use_feats else None
-    ntks = [snap_k()] if use_feats and cfg.n_ntk > 0 else None
-    wcs, steps, ends, diverged = [], [], [], None
+    snap_f = lambda m: model_features(m, probe).cpu()
+    snap_k = lambda m: empirical_ntk(m, probe[:cfg.n_ntk], probe_head if isinstance(probe_head, int) else probe_head[:cfg.n_ntk]).cpu()
+    feats = [[snap_f(m)] if use_feats else None for m in models]
+    ntks = [[snap_k(m)] if use_feats and cfg.n_ntk > 0 else None for m in models]
+    wcs, steps, ends, diverged, alive = [[] for _ in models], [[] for _ in models], [[] for _ in models], [None] * M, [True] * M
     total = sum(cfg.epochs * math.ceil(len(t.x_train) / cfg.batch_size) for t in tasks)
     bar = tqdm(total=total, disable=not progress, leave=False, desc='train')
-    model.train()
+    for m in models: m.train()
     for ti, task in enumerate(tasks):
         n = len(task.x_train); S = cfg.epochs * math.ceil(n / cfg.batch_size); s = 0
         for ep in range(cfg.epochs):
             bar.set_description(f"task {ti + 1}/{T} epoch {ep + 1}/{cfg.epochs}")
-            order = torch.randperm(n, generator=gen).to(dev)
+            if on_epoch is not None: on_epoch(ti, ep)
+            order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
             for b in range(0, n, cfg.batch_size):
-                idx = order[b:b + cfg.batch_size]
+                idx = order[:, b:b + cfg.batch_size]
                 f = cosine_factor(s, S) if cfg.schedule == 'cosine' else 1.0
-                for gr in opt.param_groups: gr['lr'] = gr['base_lr'] * f
-                opt.zero_grad(set_to_none=True)
-                l = task_loss(call_model(model, task.x_train[idx], task.heads('train', idx)), task.y_train[idx], cfg.loss)
-                lv = l.item()
-                if not math.isfinite(lv) or lv > cfg.max_loss:
-                    diverged = dict(task=ti, epoch=ep, step=len(steps), loss=lv); break
-                l.backward(); opt.step()
-                steps.append(lv); s += 1; bar.update(1)
-                if s % 10 == 0: bar.set_postfix(loss=f"{lv:.3g}")
-            if diverged: break
-        if diverged is None and not _finite_params(model):
-            diverged = dict(task=ti, epoch=cfg.epochs - 1, step=len(steps) - 1, loss=math.nan)
-        if diverged: break
-        model.eval()
-        for i, other in enumerate(tasks): acc[ti, i], loss[ti, i] = evaluate(model, other, cfg.loss, cfg.eval_batch)
-        model.train()
-        ends.append(len(steps))
-        wcs.append(weight_change(model, init))
-        if use_feats: feats.append(snap_f())
-        if ntks is not None: ntks.append(snap_k())
-        if on_task_end is not None: on_task_end(ti, acc[ti].copy(), loss[ti].copy())
-    bar.close(); model.eval()
-    config = dict(train=cfg.to_dict(), stream=stream.config.to_dict() if hasattr(stream.config, 'to_dict') else None,
-                  model=describe_model(model))
-    return ContinualResult(acc, loss, np.array(steps), ends, diverged, feats, ntks, wcs, config, time.time() - t0)
+                lv = eng.losses(task.x_train[idx], task.y_train[idx], task.heads('train', idx), cfg.loss).tolist()
+                for i in range(M):
+                    if alive[i] and (not math.isfinite(lv[i]) or lv[i] > cfg.max_loss):
+                        diverged[i], alive[i] = dict(task=ti, epoch=ep, step=len(steps[i]), loss=lv[i]), False
+                if not any(alive): break
+                eng.step(alive, f)
+                for i in range(M):
+                    if alive[i]: steps[i].append(lv[i])
+                s += 1; bar.update(1)
+                if s % 10 == 0: bar.set_postfix(loss=f"{np.nanmean(lv):.3g}")
+            if not any(alive): break
+        for i, ok in enumerate(eng.finite()):
+            if alive[i] and not ok: diverged[i], alive[i] = dict(task=ti, epoch=cfg.epochs - 1, step=len(steps[i]) - 1, loss=math.nan), False
+        if not any(alive): break
+        eng.sync()
+        for i, m in enumerate(models):
+            if not alive[i]: continue
+            m.eval()
+            for j, other in enumerate(tasks): acc[i, ti, j], loss[i, ti, j] = evaluate(m, other, cfg.loss, cfg.eval_batch)
+            m.train()
+            ends[i].append(len(steps[i])); wcs[i].append(weight_change(m, inits[i]))
+            if use_feats: feats[i].append(snap_f(m))
+            if ntks[i] is not None: ntks[i].append(snap_k(m))
+        if on_task_end is not None:
+            on_task_end(ti, acc[:, ti].copy(), loss[:, ti].copy()) if batched else on_task_end(ti, acc[0, ti].copy(), loss[0, ti].copy())
+    bar.close(); eng.sync()
+    secs = time.time() - t0
+    out = []
+    for i, m in enumerate(models):
+        m.eval()
+        config = dict(train=cfgs[i].to_dict(), stream=stream.config.to_dict() if hasattr(stream.config, 'to_dict') else None,
+                      model=describe_model(m), batched=dict(models=M, seconds=secs) if batched else None)
+        out.append(ContinualResult(acc[i], loss[i], np.array(steps[i]), ends[i], diverged[i], feats[i], ntks[i], wcs[i],
+                                   config, secs / M))
+    return out if batched else out[0]
 
 def describe_model(model) -> dict:
     "A plain-data description of a model (class, width, depth, parameterization) to store beside a result"

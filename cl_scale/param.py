@@ -13,6 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch._C._functorch import is_functorch_wrapped_tensor
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
@@ -147,7 +148,8 @@ class ScaledReadout(ScaledLayer):
             if self.n_heads > 1: raise ValueError(f"this model has {self.n_heads} heads: pass `task` to choose one")
             return 0
         if isinstance(task, torch.Tensor) and task.dim() > 0:
-            if task.numel() and (int(task.min()) < 0 or int(task.max()) >= self.n_heads):
+            # under `vmap` (batched training) the values cannot be read; the training loop checked them already
+            if task.numel() and not is_functorch_wrapped_tensor(task) and (int(task.min()) < 0 or int(task.max()) >= self.n_heads):
                 raise IndexError(f"task indices must lie in [0, {self.n_heads - 1}], got {task.min().item()}..{task.max().item()}")
             return task.long()
         t = int(task)

@@ -1,0 +1,83 @@
+"""Sweeps on real executors (a process pool and a Dask `LocalCluster`), resuming after a killed sweep, and retrying
+failed runs. The notebook `03_sweep` tests the pieces in one process; these tests start other processes."""
+import os, signal, subprocess, sys, textwrap, time
+import numpy as np
+import pytest
+from cl_scale.sweep import RunSpec, Sweep, ResultStore, run_sweep, run_group
+
+TINY = RunSpec(width=32, depth=2, stream=dict(n_tasks=2, n_train=300, n_test=150), train=dict(epochs=1, n_probe=32, n_ntk=0))
+SWEEP = Sweep('t', dict(gamma0=[0.1, 1.0], seed=[0, 1]), TINY)
+
+def _by_id(df): return df.set_index('run_id').sort_index()
+
+@pytest.fixture(scope='module')
+def serial(tmp_path_factory):
+    return _by_id(run_sweep(SWEEP, ResultStore(tmp_path_factory.mktemp('s') / 'db.sqlite'), executor='serial', progress=False))
+
+def test_process_pool_matches_serial(serial, tmp_path):
+    df = _by_id(run_sweep(SWEEP, ResultStore(tmp_path / 'db.sqlite'), workers=2, batch=2, progress=True))
+    assert list(df.index) == list(serial.index)
+    # one PyTorch thread per worker vs the test process's threads: float32 sums may round differently
+    np.testing.assert_allclose(df.AA.values, serial.AA.values, atol=1e-2)
+
+def test_dask_local_cluster(serial, tmp_path):
+    distributed = pytest.importorskip('distributed')
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+         distributed.Client(lc) as client:
+        df = _by_id(run_sweep(SWEEP, ResultStore(tmp_path / 'db.sqlite'), executor=client, batch=1))
+    assert list(df.index) == list(serial.index) and (df.status == 'done').all()
+    np.testing.assert_allclose(df.AA.values, serial.AA.values, atol=1e-2)
+
+def test_killed_sweep_resumes(tmp_path):
+    "Kill a sweep (SIGKILL, no clean-up) once some runs are committed; the rerun keeps them and adds the rest"
+    db = tmp_path / 'db.sqlite'
+    spec = RunSpec(width=128, depth=2, stream=dict(n_tasks=3), train=dict(epochs=2, n_probe=0, n_ntk=0))
+    sweep = Sweep('kill', dict(seed=list(range(20))), spec)
+    code = textwrap.dedent(f"""
+        from cl_scale.sweep import *
+        spec = RunSpec.from_dict({spec.to_dict()!r})
+        run_sweep(Sweep('kill', dict(seed=list(range(20))), spec), ResultStore({str(db)!r}), executor='serial', batch=1, progress=False)
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, '-c', code], cwd=root)
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if db.exists() and len(ResultStore(db).done()) >= 2: break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL); p.wait()
+    store = ResultStore(db)
+    kept = dict(store._rows('SELECT run_id, finished FROM runs'))
+    assert 2 <= len(kept) < 20, f"the kill came too late or too early: {len(kept)} runs committed"
+    df = run_sweep(sweep, store, executor='serial', batch=1, progress=False)
+    assert len(df) == 20 and set(df.seed) == set(range(20))
+    after = dict(store._rows('SELECT run_id, finished FROM runs'))
+    assert all(after[k] == v for k, v in kept.items())     # committed runs were not re-trained
+
+def test_failed_runs_are_stored_and_retried(tmp_path):
+    store = ResultStore(tmp_path / 'db.sqlite')
+    bad = Sweep('bad', dict(seed=[0]), RunSpec(width=32, stream=dict(dataset='no-such-data')))
+    df = run_sweep(bad, store, executor='serial', progress=False)
+    assert len(df) == 0
+    failed = store.df('bad', status='failed')
+    assert len(failed) == 1 and 'no-such-data' in failed.error.iloc[0]
+    assert store.done('bad') == set()
+
+def test_run_group_rejects_mixed_groups():
+    with pytest.raises(ValueError, match='group keys'):
+        run_group([TINY, RunSpec(width=64)])
+
+from hypothesis import given, settings, strategies as st
+from cl_scale.sweep import _jobs, _cost
+
+@settings(max_examples=60, deadline=None)
+@given(widths=st.lists(st.sampled_from([16, 64, 256, 1024]), min_size=1, max_size=4),
+       n_seeds=st.integers(1, 7), batch=st.one_of(st.integers(1, 9), st.just("auto")), workers=st.integers(1, 4))
+def test_jobs_partition_the_runs(widths, n_seeds, batch, workers):
+    "Every run lands in exactly one job; a job never mixes groups nor exceeds `batch`; costliest jobs come first"
+    runs = Sweep('h', dict(width=sorted(set(widths)), seed=list(range(n_seeds))), RunSpec()).runs()
+    jobs = _jobs(runs, batch, workers)
+    ids = [r.run_id for j in jobs for r in j]
+    assert sorted(ids) == sorted(r.run_id for r in runs)
+    assert all(0 < len(j) <= (16 if batch == "auto" else batch) and len({r.group_key() for r in j}) == 1 for j in jobs)
+    costs = [_cost(j) for j in jobs]
+    assert costs == sorted(costs, reverse=True)
