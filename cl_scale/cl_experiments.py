@@ -34,6 +34,8 @@ class CLSuite:
     epochs: int = 2
     depth: int = 3
     lr: float = 30.0
+    n_train: int = None                          # optional stratified subsets of the data (small tests)
+    n_test: int = None
 
     @classmethod
     def make(cls, quick:bool=True, **kw) -> CLSuite:
@@ -45,7 +47,8 @@ class CLSuite:
 
     def base(self) -> RunSpec:
         return RunSpec(depth=self.depth, similarity=self.similarity,
-                       stream=dict(dataset=self.dataset, kind='permuted', n_tasks=self.n_tasks),
+                       stream=dict(dataset=self.dataset, kind='permuted', n_tasks=self.n_tasks,
+                                   **{k: v for k, v in (('n_train', self.n_train), ('n_test', self.n_test)) if v is not None}),
                        train=dict(epochs=self.epochs, lr=self.lr, n_probe=256, n_ntk=0))
 
     def sweeps(self) -> dict:

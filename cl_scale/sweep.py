@@ -285,7 +285,8 @@ def run_sweep(sweep:Sweep, store:ResultStore, executor=None, workers:int=None, b
     done = store.done()
     todo = [r for r in runs if r.run_id not in done]
     ex, owned, kind, client, threads = _executor(executor, workers)
-    n_workers = getattr(ex, '_max_workers', None) or (len(client.scheduler_info()['workers']) if client else 1)
+    n_workers = (workers or os.cpu_count() or 1) if executor is None else (
+        len(client.scheduler_info()['workers']) if client else (workers or 1))
     jobs = _jobs(todo, batch, n_workers)
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"sweep {sweep.name}", disable=not progress)
     where = {}
@@ -305,8 +306,9 @@ def run_sweep(sweep:Sweep, store:ResultStore, executor=None, workers:int=None, b
             pending = {ex.submit(run_group, [r.to_dict() for r in job], chan_q, threads): job for job in jobs}
             while pending:
                 finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
-                for msg in chan.drain(): where[tuple(msg[0])] = msg
-                if where: show()
+                msgs = chan.drain()
+                for msg in msgs: where[tuple(msg[0])] = msg
+                if msgs: show()                 # redraw only on news, so logs are not flooded
                 for f in finished:
                     job = pending.pop(f)
                     try: recs = f.result()
