@@ -1,18 +1,24 @@
 """Benchmark of OT fusion (issue: transformer fusion II, §3): two 6-block ViTs of width 192 (3 heads, MLP 768, 32×32×3
 images in 4×4 patches, so 65 tokens), 200 calibration images, activation cost, exact OT, `'mean'` residual policy.
 
-Run:  .venv/bin/python benchmarks/fusion.py [--threads 2] [--reps 3] [--no-hf]
+Run:  .venv/bin/python benchmarks/fusion.py [--threads 2] [--reps 3] [--no-hf] [--max-points 4000]
 
 The models are freshly initialised (not trained) and the calibration images are Gaussian noise: the arithmetic of a
 fusion — two forward passes, one cost matrix and one exact OT per layer, the weight updates — does not depend on what
 the models learned, so random models time it faithfully (only the EMD solver's iteration count could differ a little).
 Prints, for our `cl_scale.models.ViT` and for Hugging Face `ViTForImageClassification` of the same size (when
-`transformers` is installed): the fusion time (best of `--reps`) split into activation collection, transport maps
-(points, cost matrices and OT solves) and weight updates/averaging, with the CPU time of that run; the peak resident
-memory above the level before the fusion (sampled by a thread);
-the ratio to vanilla averaging measured in the same process; and the time with the wide-layer input shortcut turned off
-(every layer recorded by its outputs), to show what the shortcut buys. The 1-minute load average is printed before and
-after: above the thread count, the machine was shared and the times are inflated. Nothing is asserted."""
+`transformers` is installed):
+- the fusion time (best of `--reps`) split into recording the activations, the costs (points and cost matrices),
+  the OT solves, and the weight updates with the averaging; the CPU time of that run;
+- the two plain forward passes over the calibration images (`model_output`, no hooks), timed in the same process:
+  the floor of an activation-based fusion, since nothing in the cost can remove them;
+- the peak resident memory above the level before the fusion (sampled by a thread);
+- the ratio to vanilla averaging measured in the same process;
+- the fusion with the input shortcuts turned off (every layer recorded by its outputs), and the largest difference
+  between its fused parameters and the default's: the shortcuts change the arithmetic, not the result;
+- with `--max-points N`, the opt-in fusion from at most N (sample, token) positions per layer (it changes the maps).
+The 1-minute load average is printed before and after: above the thread count, the machine was shared and the times
+are inflated (CPU times much less so). Nothing is asserted."""
 import argparse, os, threading, time
 import torch
 import cl_scale.fusion as F
@@ -34,53 +40,71 @@ class PeakRSS:
     @property
     def mb(self): return self.peak - self.base
 
-def timed_fuse(a, b, x, reps):
-    "Best-of-`reps` fusion time and its split (from the run that was fastest)"
+def timed_fuse(a, b, x, reps, **kw):
+    "Best-of-`reps` fusion time and its split (from the run that was fastest), and the fused model of that run"
     best = None
     for _ in range(reps):
         tm = {}
         t, c = time.perf_counter(), time.process_time()
-        F.fuse([a, b], calib_data=x, timings=tm)
+        fused = F.fuse([a, b], calib_data=x, timings=tm, **kw)
         tm['total'], tm['cpu'] = time.perf_counter() - t, time.process_time() - c
-        if best is None or tm['total'] < best['total']: best = tm
+        if best is None or tm['total'] < best[0]['total']: best = tm, fused
     return best
 
 def best_time(f, reps):
-    ts = []
+    "Best-of-`reps` wall time of f() and the CPU time of that run"
+    best = None
     for _ in range(reps):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
-    return min(ts)
+        t, c = time.perf_counter(), time.process_time(); f()
+        r = time.perf_counter() - t, time.process_time() - c
+        if best is None or r[0] < best[0]: best = r
+    return best
 
-def report(name, a, b, x, reps):
+def max_diff(m1, m2):
+    "The largest absolute difference between the floating-point parameters of two models"
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    return max((s1[k].double() - s2[k].double()).abs().max().item() for k in s1 if s1[k].is_floating_point())
+
+def split(tm):
+    return (f"activations {tm['activations']:.2f} s + costs (points, cost matrices) {tm['costs']:.2f} s + "
+            f"OT solves {tm['solves']:.2f} s + weight updates and averaging {tm['weights']:.2f} s")
+
+def report(name, a, b, x, reps, max_points=None):
     n_par = sum(p.numel() for p in a.parameters())
     F.fuse([a, b], calib_data=x[:8])                                        # warm up (allocator, kernels)
     with PeakRSS() as peak: timed_fuse(a, b, x, 1)
     mem = peak.mb
-    tm = timed_fuse(a, b, x, reps)
-    tv = best_time(lambda: F.vanilla_average([a, b]), reps)
+    tm, fused = timed_fuse(a, b, x, reps)
+    tf, cf = best_time(lambda: (F.model_output(a, x), F.model_output(b, x)), reps)
+    tv, _ = best_time(lambda: F.vanilla_average([a, b]), reps)
     orig = F._by_inputs
-    F._by_inputs = lambda mod, via_inputs: False                           # ablation: every layer by its outputs
-    try: t_off = timed_fuse(a, b, x, 1)['total']
+    F._by_inputs = lambda mods, via_inputs: False                          # ablation: every layer by its outputs
+    try: t_off, fused_off = timed_fuse(a, b, x, 1)
     finally: F._by_inputs = orig
-    other = tm['total'] - tm.get('activations', 0) - tm.get('ot', 0) - tm.get('weights', 0)
+    other = tm['total'] - sum(tm.get(k, 0) for k in ('activations', 'costs', 'solves', 'weights'))
     print(f"{name}: {n_par / 1e6:.2f} M parameters per model")
-    print(f"  fusion {tm['total']:.2f} s = activations {tm['activations']:.2f} s + transport maps (points, costs, OT) "
-          f"{tm['ot']:.2f} s + weight updates and averaging {tm['weights']:.2f} s (+ {other:.2f} s checks)")
+    print(f"  fusion {tm['total']:.2f} s = {split(tm)} (+ {other:.2f} s checks)")
     print(f"  CPU time of that run {tm['cpu']:.2f} s (all threads; ≈ {tm['cpu'] / torch.get_num_threads():.2f} s of wall time per thread if the cores were free)")
+    print(f"  the two plain forward passes alone: {tf:.2f} s (CPU {cf:.2f} s) = {tf / tm['total']:.0%} of the fusion time")
     print(f"  peak memory above baseline: {mem:.0f} MB;  vanilla averaging {tv * 1e3:.0f} ms → fusion / vanilla = {tm['total'] / tv:.0f}×")
-    print(f"  without the wide-layer input shortcut: {t_off:.2f} s ({t_off / tm['total']:.2f}× the fusion time)")
+    print(f"  without the input shortcuts: {t_off['total']:.2f} s ({t_off['total'] / tm['total']:.2f}× the fusion time; CPU {t_off['cpu']:.2f} s); "
+          f"largest fused-parameter difference to the default {max_diff(fused, fused_off):.1e}")
+    if max_points:
+        tp, _ = timed_fuse(a, b, x, reps, max_points=max_points)
+        print(f"  opt-in max_points={max_points}: {tp['total']:.2f} s (CPU {tp['cpu']:.2f} s) = {split(tp)}")
     return tm
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--threads', type=int, default=2); ap.add_argument('--reps', type=int, default=3)
-    ap.add_argument('--no-hf', action='store_true'); a = ap.parse_args()
+    ap.add_argument('--no-hf', action='store_true'); ap.add_argument('--max-points', type=int, default=None)
+    a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}")
     torch.manual_seed(0)
     x = torch.randn(200, 3, 32, 32)
     cfg = dict(image_size=32, patch_size=4, in_channels=3, d=192, depth=6, heads=3, mlp=768)
-    report("cl_scale ViT (6 blocks, d = 192, MLP 768, 65 tokens, 200 images)", ViT(**cfg), ViT(**cfg), x, a.reps)
+    report("cl_scale ViT (6 blocks, d = 192, MLP 768, 65 tokens, 200 images)", ViT(**cfg), ViT(**cfg), x, a.reps, a.max_points)
     if not a.no_hf:
         try:
             import transformers
@@ -90,7 +114,7 @@ def main():
         hc = ViTConfig(image_size=32, patch_size=4, num_channels=3, hidden_size=192, num_hidden_layers=6,
                        num_attention_heads=3, intermediate_size=768, num_labels=10)
         report(f"Hugging Face ViTForImageClassification (transformers {transformers.__version__}, same size)",
-               ViTForImageClassification(hc), ViTForImageClassification(hc), x, a.reps)
+               ViTForImageClassification(hc), ViTForImageClassification(hc), x, a.reps, a.max_points)
     print(f"load average after: {os.getloadavg()[0]:.2f} (above {a.threads}: the machine was shared while measuring)")
 
 if __name__ == '__main__': main()

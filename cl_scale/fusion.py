@@ -10,7 +10,8 @@ import copy, time
 from dataclasses import dataclass, field
 import torch
 from torch import nn
-from .ot import transport_map, identity_map, mix_maps, TransportMap, standardize, cost_matrix, ot_plan
+from .ot import (transport_map, plan_map, identity_map, mix_maps, TransportMap, standardize, cost_matrix,
+                         cost_from_gram, ot_plan, _tick)
 from .models import ViT, BERT
 
 # %% auto #0
@@ -158,28 +159,39 @@ def _rows(t:torch.Tensor, keep=None) -> torch.Tensor:
 def _n_items(calib): return len(next(iter(calib.values()))) if isinstance(calib, dict) else len(calib)
 def _part(calib, s, e): return {k: v[s:e] for k, v in calib.items()} if isinstance(calib, dict) else calib[s:e]
 
-def _by_inputs(mod, via_inputs):
-    "Whether a layer is recorded by its inputs: linear layers at least twice as wide out as in (or as told)"
-    if not isinstance(mod, nn.Linear): return False
-    return bool(via_inputs) if via_inputs is not None else 2 * mod.in_features < mod.out_features
+def _by_inputs(mods, via_inputs):
+    "Whether layers reading one input are recorded by it: linear layers whose outputs together are over twice as wide as it (or as told)"
+    if not all(isinstance(m, nn.Linear) for m in mods) or len({m.in_features for m in mods}) > 1: return False
+    return bool(via_inputs) if via_inputs is not None else 2 * mods[0].in_features < sum(m.out_features for m in mods)
 
-def collect_activations(model, calib, graph, batch:int=256, via_inputs:bool=None) -> dict:
+def _subsample(n:int, k:int=None):
+    "The sorted indices of `k` of `n` rows drawn at random with a seed fixed by `n`, so every model gets the same ones (None: all)"
+    if k is None or k >= n: return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(n))[:k].sort().values
+
+def collect_activations(model, calib, graph, batch:int=256, via_inputs:bool=None, max_points:int=None) -> dict:
     "The activation points (neurons × samples·tokens, in the model's dtype) of every node of `graph` that needs them"
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1):
+        raise ValueError(f"max_points must be a positive integer or None, got {max_points!r}")
     mods = dict(model.named_modules())
     outs = {}                                          # key -> (module, 'in' | 'out')
     for n in graph:
         if isinstance(n, Lin) and n.out is not None and not n.reuse:
-            if _by_inputs(mods.get(n.path), via_inputs): outs[f"{n.path}@in"] = (n.path, 'in')
+            if _by_inputs([mods.get(n.path)], via_inputs): outs[f"{n.path}@in"] = (n.path, 'in')
             else: outs[n.path] = (n.path, 'out')
-        elif isinstance(n, Attn): outs.update({f"{n.path}.{p}": (f"{n.path}.{p}", 'out') for p in n.names})
+        elif isinstance(n, Attn):                      # Q, K and V read the same input: recorded once, if by inputs
+            ps = [f"{n.path}.{p}" for p in n.names]
+            if _by_inputs([mods.get(p) for p in ps], via_inputs): outs.update({f"{p}@in": (p, 'in') for p in ps})
+            else: outs.update({p: (p, 'out') for p in ps})
         elif isinstance(n, Map): outs[n.acts] = (n.acts, 'in')
     missing = sorted({m for m, _ in outs.values() if m not in mods})
     if missing: raise ValueError(f"the flow graph names modules that {type(model).__name__} does not have: {missing[:5]}")
-    arch, store, cur = arch_for(model), {k: [] for k in outs}, {}
+    arch, store, cur, seen = arch_for(model), {k: [] for k in outs}, {}, {}
     def hook(key, where):
         def f(mod, inp, out):
             t = inp[0] if where == 'in' else (out[0] if isinstance(out, tuple) else out)
-            store[key].append(_rows(t.detach(), cur.get('keep')))
+            if id(t) not in seen: seen[id(t)] = (t, _rows(t.detach(), cur.get('keep')))   # (t kept: ids stay unique)
+            store[key].append(seen[id(t)][1])          # a tensor several hooks see is stored once
         return f
     hs = [mods[m].register_forward_hook(hook(k, w)) for k, (m, w) in outs.items()]
     was = model.training
@@ -189,11 +201,19 @@ def collect_activations(model, calib, graph, batch:int=256, via_inputs:bool=None
             for s in range(0, _n_items(calib), batch):
                 part = _part(calib, s, s + batch)
                 cur['keep'] = None if arch.keep is None else arch.keep(model, part)
+                seen.clear()
                 arch.call(model, part)
     finally:
         for h in hs: h.remove()
         model.train(was)
-    return {k: (v[0] if len(v) == 1 else torch.cat(v, 0)).T for k, v in store.items()}
+        seen.clear()
+    joined = {}                                        # shared inputs stay one tensor: their Gram matrix is computed once
+    for v in store.values():
+        if tuple(map(id, v)) in joined: continue
+        x = v[0] if len(v) == 1 else torch.cat(v, 0)
+        idx = _subsample(len(x), max_points)
+        joined[tuple(map(id, v))] = (x if idx is None else x[idx]).T
+    return {k: joined[tuple(map(id, v))] for k, v in store.items()}
 
 def model_output(model, data, batch:int=None) -> torch.Tensor:
     "`model`'s output (logits) on `data` through its architecture's adapter, in eval mode and without gradients"
@@ -243,45 +263,51 @@ def _heads(mod) -> int:
     if cfg is not None and isinstance(getattr(cfg, 'num_attention_heads', None), int): return cfg.num_attention_heads
     raise ValueError(f"cannot tell the number of heads of {type(mod).__name__}")
 
-def _points_via_inputs(xa, wa, xb, wb):
-    "Points in R^(m_A+m_B) with the distances of the standardised outputs of A and B, from their inputs xa (D, m_A), xb (D, m_B)"
-    xa, xb = (x.to(torch.float64) for x in (xa, xb))
-    xa, xb = xa - xa.mean(0), xb - xb.mean(0)
-    ab = xa.T @ xb                                       # the three blocks of the symmetric Gram matrix
-    G = torch.cat([torch.cat([xa.T @ xa, ab], 1), torch.cat([ab.T, xb.T @ xb], 1)], 0)
-    if not torch.isfinite(G).all(): raise ValueError("the recorded inputs have NaN or infinite entries")
-    ma, D = xa.shape[1], xa.shape[0]
-    lam, V = torch.linalg.eigh(G)
-    B = V * lam.clamp_min(0).sqrt()                      # G = B Bᵀ: the point of u is Bᵀu, with |Bᵀu|² = uᵀGu
-    sa = ((wa @ G[:ma, :ma]) * wa).sum(1).clamp_min(0).div(D).sqrt()
-    sb = ((wb @ G[ma:, ma:]) * wb).sum(1).clamp_min(0).div(D).sqrt()
-    return (wa @ B[:ma]) / (sa + 1e-9)[:, None], (wb @ B[ma:]) / (sb + 1e-9)[:, None]
+def _input_gram(xa, xb):
+    "The blocks G_AA, G_AB, G_BB of the Gram matrix of the centred inputs xa (D, m_A), xb (D, m_B), and D"
+    xa, xb = (x.to(torch.float64, copy=True) for x in (xa, xb))   # our own copies, centred in place
+    xa, xb = xa.sub_(xa.mean(0)), xb.sub_(xb.mean(0))
+    G = xa.T @ xa, xa.T @ xb, xb.T @ xb
+    if not all(torch.isfinite(g).all() for g in G): raise ValueError("the recorded inputs have NaN or infinite entries")
+    return (*G, xa.shape[0])
+
+def _cost_via_inputs(gram, wa, wb):
+    "The activation cost between the standardised outputs of linear layers with weights wa (n_A, m_A), wb (n_B, m_B), from their inputs' `_input_gram`"
+    Gaa, Gab, Gbb, D = gram
+    qa, qb = ((wa @ Gaa) * wa).sum(1).clamp_min(0), ((wb @ Gbb) * wb).sum(1).clamp_min(0)   # D·σ² of every output
+    sa, sb = (q.div(D).sqrt() + 1e-9 for q in (qa, qb))                                     # σ + 1e-9, as `standardize`
+    return cost_from_gram(qa / sa**2, qb / sb**2, (wa / sa[:, None]) @ Gab @ (wb / sb[:, None]).T)
 
 @dataclass
 class _Ctx:
     pa: dict; pb: dict; acts_a: dict; acts_b: dict; cost: str; solver: str; reg: float; policy: object
-    qk: str; per_head: bool; mods_a: dict; mods_b: dict; given: dict = None
+    qk: str; per_head: bool; mods_a: dict; mods_b: dict; given: dict = None; timings: dict = None
     maps: dict = field(default_factory=dict); out: dict = field(default_factory=dict)
+    grams: dict = field(default_factory=dict)
 
-    def _std(self, side, key):
-        "Standardised points (float64) of A's or B's neurons at `key`, from their outputs or (layers recorded by inputs) computed from them"
+    def acts(self, side, key):
+        "The activations (neurons × samples·tokens) of A's or B's neurons at `key`: recorded, or computed from the recorded inputs"
         acts, p = (self.acts_a, self.pa) if side == 'a' else (self.acts_b, self.pb)
-        if key in acts: return standardize(acts[key].to(torch.float64, memory_format=torch.contiguous_format))
-        x = acts[f"{key}@in"].T.to(torch.float64)
-        return standardize((p[f"{key}.weight"] @ x.T + p[f"{key}.bias"][:, None]).contiguous())
+        if key in acts: return acts[key]
+        x = acts[f"{key}@in"].to(torch.float64)
+        return torch.addmm(p[f"{key}.bias"][:, None], p[f"{key}.weight"], x) if f"{key}.bias" in p else p[f"{key}.weight"] @ x
 
-    def points(self, key):
-        "The points of A's and B's neurons at `key` whose euclidean distances the activation cost uses"
-        if f"{key}@in" in self.acts_a and f"{key}@in" in self.acts_b:
-            return _points_via_inputs(self.acts_a[f"{key}@in"].T, self.pa[f"{key}.weight"],
-                                      self.acts_b[f"{key}@in"].T, self.pb[f"{key}.weight"])
-        return self._std('a', key), self._std('b', key)
+    def act_cost(self, key):
+        "The activation cost between A's and B's neurons at `key`: from their inputs' Gram matrix, or their standardised outputs"
+        ka = f"{key}@in"
+        if ka in self.acts_a and ka in self.acts_b:
+            ids = (id(self.acts_a[ka]), id(self.acts_b[ka]))   # Q, K and V share their input's tensor, hence its Gram
+            if ids not in self.grams: self.grams[ids] = _input_gram(self.acts_a[ka].T, self.acts_b[ka].T)
+            return _cost_via_inputs(self.grams[ids], self.pa[f"{key}.weight"], self.pb[f"{key}.weight"])
+        return cost_matrix(standardize(self.acts('a', key)), standardize(self.acts('b', key)))
 
     def tmap(self, key, Wa=None, Wb=None):
         "The map between A's and B's neurons at `key`: given, from activations, or from (incoming-aligned) weight rows"
         if self.given is not None: return self.given[key]
-        if self.cost == 'acts': return transport_map(*self.points(key), self.solver, self.reg)
-        return transport_map(_unit_rows(Wa), _unit_rows(Wb), self.solver, self.reg)
+        t0 = time.perf_counter()
+        C = self.act_cost(key) if self.cost == 'acts' else cost_matrix(_unit_rows(Wa), _unit_rows(Wb))
+        _tick(self.timings, 'costs', t0)
+        return plan_map(C, self.solver, self.reg, timings=self.timings)
 
 def _lin(c:_Ctx, n:Lin):
     W, b = c.pa[f"{n.path}.weight"], c.pa.get(f"{n.path}.bias")
@@ -299,17 +325,17 @@ def _attn_maps(c:_Ctx, n:Attn, W):
     nm = dict(zip('qkv', n.names))
     key = lambda p: f"{n.path}.{nm[p]}"
     if not c.per_head:
-        maps = {p: c.tmap(key(p), W[p], c.pb[f"{key(p)}.weight"]) for p in 'qkv'}
+        maps = {p: c.tmap(key(p), W[p], c.pb[f"{key(p)}.weight"]) for p in ('v' if c.qk == 'tied' else 'qkv')}
         if c.qk == 'tied':
-            qa = torch.cat([c.acts_a[key('q')], c.acts_a[key('k')]], 1) if c.cost == 'acts' else torch.cat([_unit_rows(W['q']), _unit_rows(W['k'])], 1)
-            qb = (torch.cat([c.acts_b[key('q')], c.acts_b[key('k')]], 1) if c.cost == 'acts'
+            qa = torch.cat([c.acts('a', key('q')), c.acts('a', key('k'))], 1) if c.cost == 'acts' else torch.cat([_unit_rows(W['q']), _unit_rows(W['k'])], 1)
+            qb = (torch.cat([c.acts('b', key('q')), c.acts('b', key('k'))], 1) if c.cost == 'acts'
                   else torch.cat([_unit_rows(c.pb[f"{key('q')}.weight"]), _unit_rows(c.pb[f"{key('k')}.weight"])], 1))
-            maps['q'] = maps['k'] = transport_map(qa, qb, c.solver, c.reg, standardize_points=c.cost == 'acts')
+            maps['q'] = maps['k'] = transport_map(qa, qb, c.solver, c.reg, standardize_points=c.cost == 'acts', timings=c.timings)
         return maps
     H, Hb = _heads(c.mods_a[n.path]), _heads(c.mods_b[n.path])
     if H != Hb: raise ValueError(f"per_head alignment needs equal head counts ({H} vs {Hb}) at {n.path}")
     da, db = W['q'].shape[0] // H, c.pb[f"{key('q')}.weight"].shape[0] // H
-    pts = lambda side, p: (c.acts_a if side == 'a' else c.acts_b)[key(p)] if c.cost == 'acts' else _unit_rows(
+    pts = lambda side, p: c.acts(side, key(p)) if c.cost == 'acts' else _unit_rows(
         W[p] if side == 'a' else c.pb[f"{key(p)}.weight"])
     prep = (lambda x: standardize(x)) if c.cost == 'acts' else (lambda x: x)
     qk = {s: torch.cat([prep(pts(s, 'q')), prep(pts(s, 'k'))], 1) for s in 'ab'}
@@ -325,15 +351,18 @@ def _attn_maps(c:_Ctx, n:Attn, W):
     Pqk, Pv = torch.zeros(H * da, H * db, dtype=torch.float64), torch.zeros(H * da, H * db, dtype=torch.float64)
     for i in range(H):
         j = int(sigma[i]); ra, rb = slice(i * da, (i + 1) * da), slice(j * db, (j + 1) * db)
-        Pqk[ra, rb] = transport_map(qk['a'][ra], qk['b'][rb], c.solver, c.reg).P / H
-        Pv[ra, rb] = transport_map(v['a'][ra], v['b'][rb], c.solver, c.reg).P / H
+        Pqk[ra, rb] = transport_map(qk['a'][ra], qk['b'][rb], c.solver, c.reg, timings=c.timings).P / H
+        Pv[ra, rb] = transport_map(v['a'][ra], v['b'][rb], c.solver, c.reg, timings=c.timings).P / H
     return {'q': TransportMap(Pqk, 'per-head'), 'k': TransportMap(Pqk, 'per-head'), 'v': TransportMap(Pv, 'per-head')}
 
 def _attn(c:_Ctx, n:Attn):
     R = c.maps[n.inp].rows
     nm = dict(zip('qkv', n.names))
     W = {p: _align_in(c.pa[f"{n.path}.{nm[p]}.weight"], R) for p in 'qkv'}
+    t0, ticked = time.perf_counter(), _ticked(c.timings)
     maps = _attn_maps(c, n, W)
+    if c.timings is not None:          # what transport_map did not tick (points of tied or per-head maps) is cost too
+        c.timings['costs'] = c.timings.get('costs', 0.0) + time.perf_counter() - t0 - (_ticked(c.timings) - ticked)
     for p in 'qkv':
         C, k = maps[p].cols, f"{n.path}.{nm[p]}"
         c.out[f"{k}.weight"] = _align_out(W[p], C)
@@ -350,7 +379,7 @@ def _mapnode(c:_Ctx, n:Map):
     if c.given is not None or c.cost == 'acts': c.maps[n.name] = c.tmap(n.acts); return
     if not n.wts: raise ValueError(f"the map {n.name!r} at {n.acts!r} declares no weights: it needs cost='acts'")
     cols = lambda P: torch.cat([P[k].reshape(-1, P[k].shape[-1]).T for k in n.wts], 1)   # one point per stream dimension
-    c.maps[n.name] = transport_map(_unit_rows(cols(c.pa)), _unit_rows(cols(c.pb)), c.solver, c.reg)
+    c.maps[n.name] = transport_map(_unit_rows(cols(c.pa)), _unit_rows(cols(c.pb)), c.solver, c.reg, timings=c.timings)
 
 def _tie(c:_Ctx, n:Tie):
     if n.source not in c.out: raise ValueError(f"{n.path} is tied to {n.source}, which the flow graph has not aligned before it")
@@ -372,22 +401,15 @@ def _check_opts(cost, solver, reg, qk):
 
 def _floats(m): return {k: v.detach().double() for k, v in m.state_dict().items() if v.is_floating_point()}
 
-def _tick(timings, key, t0):
-    if timings is not None: timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-
-class _Timed(_Ctx):
-    "A context that adds the time spent on transport maps to `timings['ot']`"
-    def tmap(self, *a, **kw):
-        t0 = time.perf_counter()
-        try: return super().tmap(*a, **kw)
-        finally: _tick(self.timings, 'ot', t0)
+def _ticked(timings) -> float:
+    "The seconds `timings` holds for transport maps (costs and solves)"
+    return 0.0 if timings is None else timings.get('costs', 0.0) + timings.get('solves', 0.0)
 
 def _walk(model, anchor, graph, acts_a, acts_b, cost='acts', solver='emd', reg=0.05, policy='mean', qk='separate',
           per_head=False, given=None, timings=None) -> _Ctx:
     "Run the per-node rules over `graph`: the aligned parameters of `model` in `c.out` and the maps in `c.maps`"
-    c = _Timed(_floats(model), _floats(anchor), acts_a, acts_b, cost, solver, reg, policy, qk, per_head,
-               dict(model.named_modules()), dict(anchor.named_modules()), given)
-    c.timings = timings
+    c = _Ctx(_floats(model), _floats(anchor), acts_a, acts_b, cost, solver, reg, policy, qk, per_head,
+             dict(model.named_modules()), dict(anchor.named_modules()), given, timings)
     for n in graph: _RULES[type(n)](c, n)
     return c
 
@@ -410,7 +432,7 @@ def _build(anchor, out:dict):
     return new
 
 def align(model, anchor, calib_data=None, cost:str='acts', solver:str='emd', reg:float=0.05, resid_policy='mean',
-          qk:str='separate', per_head:bool=False, return_maps:bool=False, timings:dict=None, _acts_b=None):
+          qk:str='separate', per_head:bool=False, return_maps:bool=False, max_points:int=None, timings:dict=None, _acts_b=None):
     "`model` re-expressed in `anchor`'s basis (a new model with the anchor's architecture and widths), without averaging"
     _check_opts(cost, solver, reg, qk)
     check_compatible(model, anchor)
@@ -419,13 +441,13 @@ def align(model, anchor, calib_data=None, cost:str='acts', solver:str='emd', reg
     if cost == 'acts':
         _check_calib(model, calib_data); _check_calib(anchor, calib_data)
         t0 = time.perf_counter()
-        acts_a = collect_activations(model, calib_data, graph)
-        acts_b = _acts_b if _acts_b is not None else collect_activations(anchor, calib_data, graph)
+        acts_a = collect_activations(model, calib_data, graph, max_points=max_points)
+        acts_b = _acts_b if _acts_b is not None else collect_activations(anchor, calib_data, graph, max_points=max_points)
         _tick(timings, 'activations', t0)
-    t0, ot0 = time.perf_counter(), (timings or {}).get('ot', 0.0)
+    t0, ticked = time.perf_counter(), _ticked(timings)
     c = _walk(model, anchor, graph, acts_a, acts_b, cost, solver, reg, resid_policy, qk, per_head, timings=timings)
     new = _build(anchor, c.out)
-    if timings is not None: timings['weights'] = timings.get('weights', 0.0) + time.perf_counter() - t0 - (timings.get('ot', 0.0) - ot0)
+    if timings is not None: timings['weights'] = timings.get('weights', 0.0) + time.perf_counter() - t0 - (_ticked(timings) - ticked)
     return (new, c.maps) if return_maps else new
 
 # %% ../nbs/22_fusion.ipynb #69ed3625
@@ -452,7 +474,7 @@ def vanilla_average(models, weights=None):
     return _average(models, _weights(weights, len(models)), models[0])
 
 def fuse(models, anchor=0, calib_data=None, cost:str='acts', solver:str='emd', reg:float=0.05, resid_policy='mean',
-         weights=None, qk:str='separate', per_head:bool=False, timings:dict=None):
+         weights=None, qk:str='separate', per_head:bool=False, max_points:int=None, timings:dict=None):
     "OT fusion: align every model to the anchor (an index into `models`) and average with `weights`"
     models = list(models)
     if not models: raise ValueError("no models to fuse")
@@ -462,9 +484,10 @@ def fuse(models, anchor=0, calib_data=None, cost:str='acts', solver:str='emd', r
     acts_b = None
     if cost == 'acts' and calib_data is not None:
         _check_calib(A, calib_data)
-        t0 = time.perf_counter(); acts_b = collect_activations(A, calib_data, graph_for(A)); _tick(timings, 'activations', t0)
+        t0 = time.perf_counter(); acts_b = collect_activations(A, calib_data, graph_for(A), max_points=max_points)
+        _tick(timings, 'activations', t0)
     aligned = [A if i == anchor else align(m, A, calib_data, cost, solver, reg, resid_policy, qk, per_head,
-                                           timings=timings, _acts_b=acts_b) for i, m in enumerate(models)]
+                                           max_points=max_points, timings=timings, _acts_b=acts_b) for i, m in enumerate(models)]
     t0 = time.perf_counter(); out = _average(aligned, w, A); _tick(timings, 'weights', t0)
     return out
 

@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/ot.html.md"""
 
 # %% ../nbs/20_ot.ipynb #3162309b
 from __future__ import annotations
-import math, warnings
+import math, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 import numpy as np
@@ -15,8 +15,8 @@ import ot
 
 # %% auto #0
 __all__ = ['SOLVERS', 'LOG_DOMAIN_BELOW', 'EMD_NUM_ITER_MAX', 'SINKHORN_NUM_ITER_MAX', 'COSTS', 'standardize', 'cost_matrix',
-           'OTConvergenceWarning', 'marginal_error', 'ot_plan', 'row_map', 'col_map', 'TransportMap', 'transport_map',
-           'identity_map', 'mix_maps']
+           'cost_from_gram', 'OTConvergenceWarning', 'marginal_error', 'ot_plan', 'row_map', 'col_map', 'TransportMap',
+           'plan_map', 'transport_map', 'identity_map', 'mix_maps']
 
 # %% ../nbs/20_ot.ipynb #5e5bdb0d
 def _f64(x, name:str) -> torch.Tensor:
@@ -31,41 +31,70 @@ def _check_finite(x, name):
 
 def standardize(acts:torch.Tensor) -> torch.Tensor:
     "Standardise each neuron (row) of `acts` (n_neurons, n_features): (a - mean) / (std + 1e-9), in float64"
-    x = _f64(acts, 'acts')
+    x = acts.detach().to(torch.float64, memory_format=torch.contiguous_format) if torch.is_tensor(acts) else _f64(acts, 'acts')
     if x.ndim < 2: raise ValueError(f"acts must be (n_neurons, n_features), got shape {tuple(x.shape)}")
     x = x.reshape(x.shape[0], -1)
     if x.shape[1] == 0: raise ValueError(f"acts has no features: shape {tuple(x.shape)}")
-    _check_finite(x, 'acts')
     mean = x.mean(1, keepdim=True)
-    return (x - mean) / (x.std(1, correction=0, keepdim=True) + 1e-9)
+    if not torch.isfinite(mean).all(): _check_finite(x, 'acts')   # a NaN or infinity makes its row's mean non-finite
+    z = x - mean                                                   # a new tensor: the steps below work in place
+    sd = torch.linalg.vector_norm(z, dim=1, keepdim=True).div_(math.sqrt(z.shape[1]))
+    return z.div_(sd.add_(1e-9))
 
 # %% ../nbs/20_ot.ipynb #4ea2d647
-_EXACT_BELOW = 1e-4   # cdist entries under this fraction of the clouds' scale are recomputed exactly
+_EXACT_BELOW = 1e-4   # distances under this fraction of the clouds' scale are recomputed exactly
 
 def _points(x, name):
+    "`x` as float64 points (n_points, n_features) and their squared norms, which are finite exactly when every entry is"
     x = _f64(x, name)
     if x.ndim != 2: raise ValueError(f"{name} must be a 2-D array of points (n_points, n_features), got shape {tuple(x.shape)}")
     if x.shape[0] == 0: raise ValueError(f"{name} has no points: shape {tuple(x.shape)}")
-    _check_finite(x, name)
-    return x
+    sq = torch.linalg.vector_norm(x, dim=1).square_()
+    if not torch.isfinite(sq).all():
+        _check_finite(x, name)
+        raise ValueError(f"{name} has entries too large (up to {x.abs().max().item():.3g}) for float64 distances")
+    return x, sq
+
+def _from_gram(sa, sb, ab):
+    "Euclidean distances √(|a|² + |b|² − 2a·b) from squared norms sa (n_A,), sb (n_B,) and inner products ab (n_A, n_B)"
+    return ab.mul(-2).add_(sa[:, None]).add_(sb).clamp_min_(0).sqrt_()
+
+def _distances(xa, sa, xb, sb):
+    "Euclidean distances between the rows of xa and xb, given their squared norms sa and sb"
+    if max(len(xa), len(xb)) <= 25: return torch.cdist(xa, xb)      # exact differences, as torch does for few points
+    return _from_gram(sa, sb, xa @ xb.T)
+
+def _normalized(D, normalize):
+    if normalize != 'max': return D
+    m = D.max()
+    return D / m if m > 0 else torch.zeros_like(D)
 
 def cost_matrix(xa:torch.Tensor, xb:torch.Tensor, normalize:str='max') -> torch.Tensor:
     "Euclidean (not squared) distances between the rows of `xa` (n_A, d) and `xb` (n_B, d), divided by their maximum"
     if normalize not in ('max', None): raise ValueError(f"unknown normalize {normalize!r}: expected 'max' or None")
     same = xb is xa
-    xa = _points(xa, 'xa'); xb = xa if same else _points(xb, 'xb').to(xa.device)
+    xa, sa = _points(xa, 'xa')
+    xb, sb = (xa, sa) if same else (t.to(xa.device) for t in _points(xb, 'xb'))
     if xa.shape[1] != xb.shape[1]:
         raise ValueError(f"xa and xb must have the same number of features, got {xa.shape[1]} and {xb.shape[1]}")
-    D = torch.cdist(xa, xb)
-    scale = math.sqrt(xa.pow(2).sum(1).max().item() + xb.pow(2).sum(1).max().item())
+    D = _distances(xa, sa, xb, sb)
+    scale = math.sqrt(sa.max().item() + sb.max().item())
     near = (D <= _EXACT_BELOW * scale).nonzero()
     for ij in near.split(max(1, 2**22 // max(1, xa.shape[1]))):   # bounded memory even if all points coincide
         D[ij[:, 0], ij[:, 1]] = (xa[ij[:, 0]] - xb[ij[:, 1]]).norm(dim=1)
     if same: D = (D + D.T) / 2
-    if normalize == 'max':
-        m = D.max()
-        D = D / m if m > 0 else torch.zeros_like(D)
-    return D
+    return _normalized(D, normalize)
+
+# %% ../nbs/20_ot.ipynb #93e52f4d
+def cost_from_gram(sq_a:torch.Tensor, sq_b:torch.Tensor, inner:torch.Tensor, normalize:str='max') -> torch.Tensor:
+    "The euclidean cost between points known by their squared norms `sq_a` (n_A,), `sq_b` (n_B,) and inner products `inner` (n_A, n_B), divided by its maximum"
+    if normalize not in ('max', None): raise ValueError(f"unknown normalize {normalize!r}: expected 'max' or None")
+    sq_a, sq_b, inner = _f64(sq_a, 'sq_a'), _f64(sq_b, 'sq_b'), _f64(inner, 'inner')
+    if sq_a.ndim != 1 or sq_b.ndim != 1 or inner.shape != (len(sq_a), len(sq_b)):
+        raise ValueError(f"expected squared norms (n_A,), (n_B,) and inner products (n_A, n_B), got shapes "
+                         f"{tuple(sq_a.shape)}, {tuple(sq_b.shape)}, {tuple(inner.shape)}")
+    for x, name in ((sq_a, 'sq_a'), (sq_b, 'sq_b'), (inner, 'inner')): _check_finite(x, name)
+    return _normalized(_from_gram(sq_a, sq_b, inner), normalize)
 
 # %% ../nbs/20_ot.ipynb #7d102702
 SOLVERS = ('emd', 'sinkhorn')
@@ -239,16 +268,30 @@ class TransportMap:
 # %% ../nbs/20_ot.ipynb #6f5d9b14
 COSTS = ('euclidean', 'sqeuclidean')
 
+def _tick(timings, key, t0):
+    "Add the seconds since `t0` to `timings[key]` (when `timings` is a dict)"
+    if timings is not None: timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+
+def plan_map(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None, num_iter_max:int=None, tol:float=1e-7,
+             timings:dict=None) -> TransportMap:
+    "The `TransportMap` of the optimal plan for the cost `C` (n_A, n_B): `ot_plan`, wrapped with its solver and λ"
+    t0 = time.perf_counter()
+    P = ot_plan(C, solver, reg, a, b, num_iter_max, tol)
+    _tick(timings, 'solves', t0)
+    return TransportMap(P, solver, float(reg) if solver == 'sinkhorn' else None)
+
 def transport_map(xa:torch.Tensor, xb:torch.Tensor, solver:str='emd', reg:float=0.05, cost:str='euclidean',
-                  standardize_points:bool=False, a=None, b=None, num_iter_max:int=None, tol:float=1e-7) -> TransportMap:
+                  standardize_points:bool=False, a=None, b=None, num_iter_max:int=None, tol:float=1e-7,
+                  timings:dict=None) -> TransportMap:
     "Align the points (neurons) `xa` (n_A, d) to `xb` (n_B, d): max-normalised euclidean cost, then an OT plan"
     if solver not in SOLVERS: raise ValueError(f"unknown solver {solver!r}: expected one of {SOLVERS}")
     if cost not in COSTS: raise ValueError(f"unknown cost {cost!r}: expected one of {COSTS}")
+    t0 = time.perf_counter()
     if standardize_points: xa, xb = standardize(xa), standardize(xb)
     C = cost_matrix(xa, xb, normalize='max')
     if cost == 'sqeuclidean': C = C * C         # the square of the max-normalised distance is max-normalised too
-    P = ot_plan(C, solver, reg, a, b, num_iter_max, tol)
-    return TransportMap(P, solver, float(reg) if solver == 'sinkhorn' else None)
+    _tick(timings, 'costs', t0)
+    return plan_map(C, solver, reg, a, b, num_iter_max, tol, timings)
 
 def identity_map(n:int) -> TransportMap:
     "The map I/n between two layers of width `n` that leaves neurons where they are"

@@ -1,11 +1,13 @@
 """Checks of `cl_scale.fusion` beyond the notebook: permutation recovery over many random permutations and model
-shapes (hypothesis), weight-based recovery, and heterogeneous BERT fusion in both directions."""
-import copy
+shapes (hypothesis), weight-based recovery, heterogeneous BERT fusion in both directions, and the fast cost path
+(input Gram matrices, matrix-product distances) against a plain computation of the definition."""
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from cl_scale.models import ViT, BERT
-from cl_scale.fusion import align, fuse, permuted_copy, vanilla_average
+from cl_scale.ot import TransportMap, ot_plan
+from cl_scale.fusion import align, fuse, permuted_copy, collect_activations, graph_for, Lin, Attn, Map
+from cl_scale.fusion import _walk, _build, _average
 
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10**6), heads=st.sampled_from([1, 2, 4]), depth=st.integers(1, 2), bert=st.booleans(),
@@ -42,3 +44,46 @@ def test_heterogeneous_bert_both_ways(wide_is_anchor):
     for k, v in ref.state_dict().items(): assert f.state_dict()[k].shape == v.shape, k
     out = f(ids)
     assert torch.isfinite(out).all() and out.std() > 0
+
+def reference_fuse(model, anchor, x, solver='emd', reg=0.05):
+    """The fusion of `model` into `anchor` with every map computed plainly from its definition: each layer's recorded
+    outputs, standardised with `torch.std`, distances by exact differences (no matrix-product formula, no input Gram
+    matrix, no shared inputs), divided by their maximum, then `ot_plan`. Returns (aligned, fused) state dicts."""
+    graph = graph_for(anchor)
+    ra, rb = (collect_activations(m, x, graph, via_inputs=False) for m in (model, anchor))
+    def plain(key):
+        za, zb = ((a - a.mean(1, keepdim=True)) / (a.std(1, correction=0, keepdim=True) + 1e-9)
+                  for a in (ra[key].double(), rb[key].double()))
+        D = torch.cdist(za, zb, compute_mode='donot_use_mm_for_euclid_dist')
+        return TransportMap(ot_plan(D / D.max(), solver, reg), solver)
+    given = {}
+    for n in graph:
+        if isinstance(n, Lin) and n.out is not None and not n.reuse: given[n.path] = plain(n.path)
+        elif isinstance(n, Attn): given[n.path] = {p: plain(f"{n.path}.{nm}") for p, nm in zip('qkv', n.names)}
+        elif isinstance(n, Map): given[n.acts] = plain(n.acts)
+    aligned = _build(anchor, _walk(model, anchor, graph, None, None, given=given).out)
+    return aligned.state_dict(), _average([aligned, anchor], [0.5, 0.5], anchor).state_dict()
+
+def assert_same_fusion(model, anchor, x, solver, tol):
+    "`align` and `fuse` (fast path) give the parameters of `reference_fuse` (exact maps: equal to rounding)"
+    ref_aligned, ref_fused = reference_fuse(model, anchor, x, solver)
+    aligned, fused = align(model, anchor, x, solver=solver).state_dict(), fuse([model, anchor], anchor=1, calib_data=x, solver=solver).state_dict()
+    for k, v in ref_fused.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(aligned[k], ref_aligned[k], rtol=0, atol=tol)
+            torch.testing.assert_close(fused[k], v, rtol=0, atol=tol)
+
+@pytest.mark.parametrize('solver, tol', [('emd', 1e-12), ('sinkhorn', 1e-7)])
+@pytest.mark.parametrize('bert', [False, True])
+def test_fast_costs_compute_the_definition(solver, tol, bert):
+    "Two independent models (MLP 4d: fc1 and Q/K/V recorded by their inputs): the fused parameters of the definition"
+    torch.manual_seed(4)
+    if bert:
+        mk = lambda: BERT(vocab_size=40, max_len=10, d=24, depth=2, heads=4, mlp=96).double()
+        x = torch.randint(1, 40, (40, 10)); x[:6, 6:] = 0
+    else:
+        mk = lambda: ViT(d=24, depth=2, heads=4, mlp=96).double()
+        x = torch.randn(40, 1, 8, 8, dtype=torch.float64)
+    a, b = mk(), mk()
+    assert any(k.endswith('@in') for k in collect_activations(a, x, graph_for(a)))     # the shortcuts are taken
+    assert_same_fusion(a, b, x, solver, tol)

@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 transformers = pytest.importorskip("transformers")
 from transformers import ViTConfig, ViTForImageClassification, BertConfig, BertForMaskedLM
 from cl_scale.fusion import align, fuse, permuted_copy, vanilla_average, model_output, graph_for, Tie
+from test_fusion import assert_same_fusion
 
 transformers.logging.set_verbosity_error()
 
@@ -93,3 +94,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match='depth'): align(hf_vit(depth=1), v, data(False))
     with pytest.raises(ValueError, match='different lengths'):
         align(b, hf_bert(), dict(input_ids=data(True), attention_mask=torch.ones(3, 8, dtype=torch.long)))
+
+@pytest.mark.parametrize('bert', [False, True])
+def test_fast_costs_compute_the_definition(bert):
+    "Two independent models: the fast cost path (shared Q/K/V input, input Gram of the MLP) gives the plain definition's fusion"
+    torch.manual_seed(4)
+    mk = lambda: (hf_bert if bert else hf_vit)(d=24, mlp=96, heads=4)
+    assert_same_fusion(mk(), mk(), data(bert, n=32), 'emd', 1e-12)

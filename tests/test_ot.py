@@ -2,7 +2,7 @@
 
 hypothesis draws sizes, point clouds, masses and regularisations, so the guarantees stated in `nbs/20_ot.ipynb`
 (non-negative plans with the right marginals, EMD never costlier than Sinkhorn, a warning exactly when `tol` is
-missed, exact symmetric costs, normalised maps) are checked far from the few examples the notebook shows."""
+missed, exact symmetric costs, matrix-product distances that match exact differences, normalised maps) are checked far from the few examples the notebook shows."""
 import math, warnings
 import numpy as np
 import pytest
@@ -108,6 +108,38 @@ def test_cost_matrix_is_exact_for_coincident_points():
     C = cost_matrix(x, y, normalize=None)
     assert C.diagonal()[torch.arange(300) != 5].abs().max() == 0
     assert C[5, 5].item() == pytest.approx(1e-7 * math.sqrt(3000), rel=1e-6)
+
+@settings(max_examples=30, deadline=None)
+@given(na=st.integers(26, 70), nb=st.integers(1, 70), d=st.integers(1, 400), seed=st.integers(0, 2**31 - 1),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), dup=st.booleans())
+def test_matrix_product_distances_match_differences(na, nb, d, seed, scale, dup):
+    "Beyond 25 points the distances come from one matrix product; they match exact differences (near-zero ones exactly)"
+    g = torch.Generator().manual_seed(seed)
+    xa, xb = scale * torch.randn(na, d, generator=g, dtype=f64), scale * torch.randn(nb, d, generator=g, dtype=f64)
+    if dup: xb[0] = xa[3]                                                # a coincident pair
+    raw = cost_matrix(xa, xb, normalize=None)
+    exact = torch.cdist(xa, xb, compute_mode='donot_use_mm_for_euclid_dist')
+    assert torch.allclose(raw, exact, rtol=1e-7, atol=1e-12 * scale)
+    if dup: assert raw[3, 0] == 0
+    assert torch.allclose(cost_matrix(xa.T.contiguous().T, xb), cost_matrix(xa, xb), rtol=1e-7, atol=1e-12)   # nor the layout
+
+def test_checks_on_large_inputs():
+    "Finiteness is checked through the row means (standardize) and squared norms (cost_matrix): still caught and counted"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 2000, generator=g)
+    x[17, 1234], x[200, 5] = float('nan'), float('-inf')
+    with pytest.raises(ValueError, match='acts has 2 NaN or infinite entries'): standardize(x)
+    with pytest.raises(ValueError, match='xb has 2 NaN or infinite entries'): cost_matrix(torch.randn(300, 2000, generator=g), x)
+    with pytest.raises(ValueError, match='too large'): cost_matrix(torch.full((30, 3), 1e200, dtype=f64), torch.ones(30, 3))
+
+def test_standardize_matches_the_formula_on_recorded_layouts():
+    "float32 activations in the (features, neurons).T layout the hooks record: the textbook formula in float64"
+    g = torch.Generator().manual_seed(1)
+    rec = 3 * torch.randn(5000, 64, generator=g) + torch.randn(64, generator=g)       # (samples·tokens, neurons)
+    x = rec.T.double()
+    ref = (x - x.mean(1, keepdim=True)) / (x.std(1, correction=0, keepdim=True) + 1e-9)
+    z = standardize(rec.T)
+    assert z.dtype == f64 and z.is_contiguous() and torch.allclose(z, ref, rtol=0, atol=1e-12)
 
 @settings(max_examples=60, deadline=None)
 @given(na=st.integers(1, 9), nb=st.integers(1, 9), seed=st.integers(0, 2**31 - 1), zero_frac=st.floats(0, 0.7))
