@@ -376,6 +376,53 @@ def _responses(C, D, l1, l2, want_A:bool, want_B:bool, P:int, mem_bytes:float=2*
         del K, N
     return (EA / S if want_A else None), (EB / S if want_B else None)
 
+def _interp(nodes, nt):
+    "(nt × len(nodes)) weights of linear interpolation in time from `nodes` (increasing) to 0..nt-1, flat beyond the ends"
+    W = np.zeros((nt, len(nodes)))
+    for t in range(nt):
+        k = np.searchsorted(nodes, t)
+        if k == 0: W[t, 0] = 1
+        elif k == len(nodes): W[t, -1] = 1
+        else:
+            a, b = nodes[k - 1], nodes[k]
+            W[t, k - 1], W[t, k] = (b - t) / (b - a), (t - a) / (b - a)
+    return W
+
+def _response_grid(steps, every:int):
+    "Coarse time grid for the response functions: blocks of `every` steps from each task's start; the last time alone"
+    ends = np.cumsum([0] + list(steps))
+    tc = np.array(sorted({int(t) for a, b in zip(ends[:-1], ends[1:]) for t in range(a, b, every)} | {int(ends[-1])}))
+    w = np.diff(tc, append=tc[-1] + 1)                                           # block lengths (steps)
+    nt = int(ends[-1]) + 1
+    E = np.repeat(np.eye(len(tc)), w, axis=0)                                    # (nt × blocks) block membership
+    return dict(tc=tc, w=w.astype(float), E=E, Wr=_interp(tc.astype(float), nt), Wc=_interp(tc + (w - 1) / 2, nt))
+
+def _responses_coarse(C, D, l1, l2, want_A:bool, want_B:bool, P:int, grid, strict, n_sub:int=None):
+    "`_responses` with the first order exact on the full grid and the higher orders from the coarse `grid` (and the first `n_sub` samples), interpolated"
+    tc, w = grid['tc'], grid['w']
+    n, S = l1.shape
+    Sr = S if n_sub is None else min(S, n_sub)
+    dt, ntc = C.dtype, len(tc)
+    T = lambda M: torch.as_tensor(M, dtype=dt)
+    idx = torch.as_tensor((tc[:, None] * P + np.arange(P)).reshape(-1))
+    E = T(np.kron(grid['E'], np.eye(P)))                                         # (n × n_c): sums a block's columns
+    # rows at the blocks' first steps, columns integrated over each block (C, D are strictly causal / causal in time)
+    Cc, Dc = C[idx] @ E, D[idx] @ E
+    # the per-sample diagonals are averaged over each block (product integration): ReLU's φ''(h) z is a narrow bump in
+    # time around a zero crossing, which a point sample would catch or miss
+    avg = lambda v: (E.T @ v) / T(np.repeat(w, P))[:, None]
+    l1c, l2c = avg(l1[:, :Sr]), avg(l2[:, :Sr])
+    EAc, EBc = _responses(Cc, Dc, l1c, l2c, want_A, want_B, P)
+    ll, llc = l1 @ l1.T / S, l1c @ l1c.T / Sr                 # ⟨Λ1 ⊗ Λ1⟩: the first order needs only this moment
+    Wr, Wc, wcol = T(grid['Wr']), T(grid['Wc']), T(np.repeat(w, P))
+    def lift(Rc):
+        "a coarse remainder (rows at block starts, columns summed over blocks) → per fine step, interpolated, strictly causal"
+        Rp = (Rc.to(dt) / wcol).reshape(ntc, P, ntc, P)
+        return torch.einsum('ti,iajb,sj->tasb', Wr, Rp, Wc).reshape(n, n) * strict
+    A = C * ll + lift(EAc - Cc * llc) if want_A else None
+    B = (D * ll + torch.diag(l2.mean(1)) + lift(EBc - Dc * llc - torch.diag(l2c.mean(1)))) if want_B else None
+    return A, B
+
 def _check_deep(depth, S, damping, tol, max_iter, kink, jitter):
     if not isinstance(depth, (int, np.integer)) or isinstance(depth, bool) or depth < 1: raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
     if not isinstance(S, (int, np.integer)) or S < 2: raise ValueError(f"S (the number of Monte-Carlo samples) must be an integer >= 2, got {S!r}")
@@ -388,7 +435,7 @@ def _check_deep(depth, S, damping, tol, max_iter, kink, jitter):
 def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta0:float=1.0, S:int=2000,
                act:str='relu', readout:str='zero', base_width:int=64, damping:float=0.0, tol:float=1e-3,
                max_iter:int=30, kink:float=0.05, jitter:float=1e-8, seed:int=0, keep_two_time:bool=False,
-               progress:bool=False) -> DMFTResult:
+               resp_every:int=1, resp_samples:int=None, dtype=torch.float64, progress:bool=False) -> DMFTResult:
     "Two-time DMFT of a `depth`-hidden-layer μP network trained on the tasks of `problem` in order: damped fixed-point iteration on Φ, G, A, B"
     _check_common(gamma0, eta0, act, readout)
     _check_deep(depth, S, damping, tol, max_iter, kink, jitter)
@@ -396,19 +443,26 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
     steps = _check_steps(steps, T)
     L, P, Kst = int(depth), problem.P_tot, sum(steps)
     nt = Kst + 1; n = nt * P                                    # time points 0..Kst (the last only for the final loss)
-    gt, dt = gamma0 / math.sqrt(base_width), torch.float64
+    gt, dt, f64 = gamma0 / math.sqrt(base_width), dtype, torch.float64
+    if dtype not in (torch.float32, torch.float64): raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     gen = torch.Generator().manual_seed(seed)
     y = torch.as_tensor(problem.y, dtype=dt)
     # common random numbers: drawn once, reused by every iteration
-    U1 = (torch.as_tensor(_sqrt_psd(problem.Kx), dtype=dt) @ torch.randn(P, S, generator=gen, dtype=dt)).repeat(nt, 1)
-    w0 = torch.zeros(S, dtype=dt) if readout == 'zero' else torch.randn(S, generator=gen, dtype=dt)
-    eps_u = {l: torch.randn(n, S, generator=gen, dtype=dt) for l in range(2, L + 1)}
-    eps_r = {l: torch.randn(n, S, generator=gen, dtype=dt) for l in range(1, L)}
+    # (drawn in float64 whatever `dtype`, so both precisions see the same noise)
+    U1 = (torch.as_tensor(_sqrt_psd(problem.Kx), dtype=f64) @ torch.randn(P, S, generator=gen, dtype=f64)).repeat(nt, 1).to(dt)
+    w0 = torch.zeros(S, dtype=dt) if readout == 'zero' else torch.randn(S, generator=gen, dtype=f64).to(dt)
+    eps_u = {l: torch.randn(n, S, generator=gen, dtype=f64).to(dt) for l in range(2, L + 1)}
+    eps_r = {l: torch.randn(n, S, generator=gen, dtype=f64).to(dt) for l in range(1, L)}
     sls = [problem.task_slice(j) for j in range(T)]
     mask, Pc = torch.zeros(nt, P, dtype=dt), torch.ones(nt, dtype=dt)
     for k, j in enumerate(np.repeat(np.arange(T), steps)): mask[k, sls[j]] = 1; Pc[k] = problem.task_sizes[j]
     tix = torch.arange(n) // P
     strict = (tix[None, :] < tix[:, None]).to(dt)               # s < t on the time-major grid
+    if not isinstance(resp_every, (int, np.integer)) or isinstance(resp_every, bool) or resp_every < 1:
+        raise ValueError(f"resp_every (the response functions' time stride) must be an integer >= 1, got {resp_every!r}")
+    if resp_samples is not None and (not isinstance(resp_samples, (int, np.integer)) or resp_samples < 2):
+        raise ValueError(f"resp_samples must be None or an integer >= 2, got {resp_samples!r}")
+    grid = None if resp_every == 1 and resp_samples is None else _response_grid(steps, int(resp_every))
     relu = act == 'relu'
     # initial state: the lazy kernels, constant in time; A = B = 0
     Phi0 = [np.asarray(problem.Kx)]
@@ -431,14 +485,23 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
         phi, dph, gg, hh, zz = (torch.empty(n, S, dtype=dt) for _ in range(5))
         cg, cp, c = torch.zeros(n, S, dtype=dt), torch.zeros(n, S, dtype=dt), torch.zeros(nt, P, dtype=dt)
         if top: Delta = torch.empty(nt, P, dtype=dt)
-        f0 = None
+        f0, kb = None, max(1, 512 // P)                     # time blocks of kb steps (≈ 512 rows)
         for t in range(nt):
-            b, past, upto = slice(t * P, (t + 1) * P), slice(0, t * P), slice(0, (t + 1) * P)
-            h = U[b] + Phi[l - 1][b, past] @ cg[past]
+            if t % kb == 0:
+                # blocked forward substitution: what the block's steps receive from before the block is one large
+                # matrix product; inside the block, step by step (a small product per step keeps it causal)
+                t0, rows, old = t, slice(t * P, min(t + kb, nt) * P), slice(0, t * P)
+                preH = Phi[l - 1][rows, old] @ cg[old]
+                if l > 1: preH += A[l - 1][rows, old] @ gg[old]
+                preZ = G[l + 1][rows, old] @ cp[old]
+                if not top: preZ += B[l][rows, old] @ phi[old]
+            b, k = slice(t * P, (t + 1) * P), slice((t - t0) * P, (t - t0 + 1) * P)
+            past, upto = slice(t0 * P, t * P), slice(t0 * P, (t + 1) * P)
+            h = U[b] + preH[k] + Phi[l - 1][b, past] @ cg[past]
             if l > 1: h = h + A[l - 1][b, past] @ gg[past]
             ph = h.clamp(min=0) if relu else h
             phi[b], hh[b], dph[b] = ph, h, ((h > 0).to(dt) if relu else 1.0)
-            z = Rs[b] + G[l + 1][b, past] @ cp[past]
+            z = Rs[b] + preZ[k] + G[l + 1][b, past] @ cp[past]
             if not top: z = z + B[l][b, upto] @ phi[upto]
             if top:                                              # the output, from this layer's own samples
                 f = (z * ph).mean(1) / gt
@@ -468,9 +531,10 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
                     D = B[l] + G[l + 1] * strict * s['c'][None, :]
                     l2 = (torch.exp(-0.5 * (s['h'] / taus[l])**2) / (taus[l] * math.sqrt(2 * math.pi)) * s['z']
                           if relu else torch.zeros_like(s['h']))
-                    EA, EB = _responses(C, D, s['dph'], l2, l < L, l > 1, P)
-                    if l < L: new['A', l] = EA
-                    if l > 1: new['B', l - 1] = EB
+                    EA, EB = (_responses(C, D, s['dph'], l2, l < L, l > 1, P) if grid is None else
+                              _responses_coarse(C, D, s['dph'], l2, l < L, l > 1, P, grid, strict, resp_samples))
+                    if l < L: new['A', l] = EA.to(dt)
+                    if l > 1: new['B', l - 1] = EB.to(dt)
             old = {('Phi', l): Phi[l] for l in range(1, L)} | {('G', l): G[l] for l in range(2, L + 1)} | \
                   {('A', l): A[l] for l in range(1, L)} | {('B', l): B[l] for l in range(1, L)}
             last = {f"{k[0]}{k[1]}": (torch.linalg.norm(new[k] - old[k]) / max(torch.linalg.norm(new[k]).item(), 1e-300)).item() for k in new}
@@ -491,7 +555,7 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
             f"per kernel: { {k: float(f'{v:.2e}') for k, v in last.items()} }. Try more iterations, damping > 0, "
             f"or a smaller gamma0·eta0; the result is returned with converged=False."), stacklevel=2)
     Delta = sims[L]['Delta']
-    loss = np.stack([0.5 * (Delta[:, sl] ** 2).mean(1).numpy() for sl in sls], 1)
+    loss = np.stack([0.5 * (Delta[:, sl].double() ** 2).mean(1).numpy() for sl in sls], 1)
     ends = list(np.cumsum(steps))
     def kernels(t):
         b = slice(t * P, (t + 1) * P)
@@ -503,7 +567,8 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
         two = dict(Phi={l: Phi[l].numpy() for l in range(1, L)}, G={l: G[l].numpy() for l in range(2, L + 1)},
                    A={l: A[l].numpy() for l in range(1, L)}, B={l: B[l].numpy() for l in range(1, L)}, n_times=nt, P_tot=P)
     cfg = dict(gamma0=gamma0, depth=L, steps=steps, eta0=eta0, S=S, act=act, readout=readout, base_width=base_width,
-               damping=damping, tol=tol, max_iter=max_iter, kink=kink, jitter=jitter, seed=seed, problem=repr(problem))
+               damping=damping, tol=tol, max_iter=max_iter, kink=kink, jitter=jitter, seed=seed, resp_every=resp_every, resp_samples=resp_samples, dtype=str(dtype),
+               problem=repr(problem))
     return DMFTResult(loss, ends, [kernels(t) for t in [0] + ends], {}, cfg, time.time() - t_start,
                       np.array(residuals), conv, two)
 

@@ -150,3 +150,21 @@ def test_deep_finite_widths_converge_to_dmft():
     slope = np.polyfit(np.log([32, 128, 512, 2048]), np.log(gap), 1)[0]
     assert -0.8 < slope < -0.25, (slope, gap)
     assert bias[-1] < bias[0] / 3, bias
+
+def test_coarse_responses_linear_network_is_exact_at_stride_one(one_thread):
+    "a linear net has deterministic responses: the split first order + coarse remainder at k=1 reproduces the exact solver"
+    prob = similarity_problem(0.3, n_tasks=2, P=3, D=10, seed=2)
+    kw = dict(gamma0=1.5, depth=2, steps=4, S=200, act='linear', tol=1e-6, max_iter=25)
+    ex, split = solve_deep(prob, **kw), solve_deep(prob, resp_samples=200, **kw)
+    assert ex.converged and split.converged
+    np.testing.assert_allclose(split.loss, ex.loss, atol=1e-5)       # float32 per-sample solves inside both
+
+@pytest.mark.slow
+def test_coarse_responses_approach_exact_as_blocks_shrink(one_thread):
+    "ReLU, 16 steps per task: the coarse-response error falls as the blocks shrink, and beats a 16-step block"
+    prob = similarity_problem(0.5, n_tasks=2, P=4, D=20, seed=1)
+    kw = dict(gamma0=1.0, depth=2, steps=16, S=1000, tol=1e-5, max_iter=40)
+    ex = solve_deep(prob, **kw)
+    err = {k: np.abs(solve_deep(prob, resp_every=k, **kw).loss - ex.loss).max() for k in (2, 4, 16)}
+    assert err[2] < err[4] < err[16], err
+    assert err[2] < 1e-3, err
