@@ -1,4 +1,4 @@
-"""`cl-scale-reproduce`: one command that runs the package's experiments on the embedded default data and writes their figures, the numbers behind them and a short report into `results/`.
+"""`cl-scale-reproduce`: one command that runs the headline experiments of both research lines on the embedded default data and writes their figures, the numbers behind them and a browsable report (HTML and Markdown) into `results/`.
 
 Docs: https://cl-scale.github.io/cl_scale/cli.html.md"""
 
@@ -6,12 +6,15 @@ Docs: https://cl-scale.github.io/cl_scale/cli.html.md"""
 
 # %% ../nbs/30_cli.ipynb #3e59d87f
 from __future__ import annotations
-import csv, json, platform, time, traceback
-from dataclasses import dataclass, field, asdict
+import csv, html, json, math, os, platform, time, traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
+import multiprocessing
 import numpy as np
 import torch
+import torch.nn.functional as F
 import matplotlib
 import matplotlib.pyplot as plt
 from fastcore.script import call_parse
@@ -20,11 +23,16 @@ from .param import coord_check_data, coord_check_grid, coord_slopes, plot_coord_
 from .cl_experiments import CLSuite, EXPERIMENTS, run_suite
 import pandas as pd
 from .dmft import similarity_problem, solve_two_layer, lazy_two_layer, convergence_study, plot_convergence
+from .data import load_dataset, stratified_subset
+from .models import ViT
+from .fusion import fuse, vanilla_average, model_output
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PARTS', 'ReproConfig', 'Claim', 'PartResult', 'read_table', 'coord_check_claims', 'part_coord_check', 'dmft_claims',
-           'part_dmft', 'run_reproduce', 'reproduce']
+__all__ = ['PARTS', 'CLAIMS', 'GROUPS', 'ReproConfig', 'Claim', 'PartResult', 'read_table', 'coord_check_claims',
+           'part_coord_check', 'dmft_claims', 'part_dmft', 'train_classifier', 'accuracy', 'fusion_splits',
+           'train_models', 'best_reg', 'fusion_claims', 'plot_fusion', 'part_fusion', 'part_names', 'claims_for',
+           'md_report', 'html_report', 'load_part', 'write_reports', 'run_reproduce', 'connect', 'reproduce']
 
 # %% ../nbs/30_cli.ipynb #7af9d567
 @dataclass
@@ -43,13 +51,26 @@ class ReproConfig:
     cl_width_widths: tuple = (64, 256, 1024)   # widths of the NTP-vs-μP experiment
     cl_tasks: int = 5                     # permuted-digit tasks
     cl_epochs: int = 2                    # epochs per task
-    workers: int = None                   # processes for the sweeps (default: one per core)
+    cl_n_train: int = None                # optional stratified subsets of the digits (tiny test runs)
+    cl_n_test: int = None
+    workers: int = None                   # processes for the sweeps and the fusion training (default: one per core)
     dmft_widths: tuple = (64, 256, 1024, 4096)  # finite widths compared with the two-layer DMFT
     dmft_seeds: int = 12                  # initialisations per width
     dmft_gamma0s: tuple = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)  # γ0 grid of the DMFT forgetting curves
     dmft_eps: tuple = (0.25, 0.5, 0.75)   # cross-task similarities ε
     dmft_steps: int = 100                 # GD steps per task
     dmft_S: int = 10_000                  # particles
+    dmft_S_ref: int = 25_000              # particles of each of the 4 reference solves of the convergence study
+    fusion_pairs: int = 2                 # fusion: pairs of ViT parents (seeds 2i, 2i+1), results averaged over pairs
+    fusion_width: int = 32                # the ViTs' width d (MLP 2d, patch 2 on the 8×8 digits)
+    fusion_depth: int = 2                 # their blocks
+    fusion_heads: int = 4                 # their attention heads
+    fusion_epochs: int = 20               # the parents' training epochs
+    fusion_ft_epochs: int = 4             # the finetune's epochs (the same extra budget for every model)
+    fusion_regs: tuple = (0.02, 0.04, 0.08, 0.15, 0.3)  # Sinkhorn λ grid; the λ used is chosen on the validation split
+    fusion_n_train: int = None            # optional stratified subset of the training images (tiny test runs)
+    fusion_n_val: int = 200               # validation images (λ is chosen on them, never on the test split)
+    fusion_n_calib: int = 200             # calibration images whose activations define the transport costs
 
     @classmethod
     def make(cls, quick:bool=True, **kw):
@@ -59,13 +80,25 @@ class ReproConfig:
                                      cl_similarities=(0.0, 0.25, 0.5, 0.75, 0.9), cl_width_widths=(64, 128, 256, 512, 1024, 2048),
                                      dmft_seeds=24,
                                      dmft_gamma0s=(0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
-                                     dmft_eps=(0.05, 0.25, 0.5, 0.75, 0.95), dmft_steps=200, dmft_S=40_000)
+                                     dmft_eps=(0.05, 0.25, 0.5, 0.75, 0.95), dmft_steps=200, dmft_S=40_000,
+                                     fusion_pairs=3, fusion_epochs=40, fusion_ft_epochs=8,
+                                     fusion_regs=(0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3))
         return cls(quick=quick, **{**full, **kw})
+
+    @classmethod
+    def load(cls, path):
+        "The configuration saved in `path` (a `config.json` or the run folder holding one); lists become tuples"
+        path = Path(path); path = path/'config.json' if path.is_dir() else path
+        d = json.loads(path.read_text())
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown: raise ValueError(f"{path} has settings this version of cl_scale does not know: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def cl_suite(self) -> CLSuite:
         "The continual-learning experiments' sizes"
         return CLSuite(widths=self.cl_widths, gamma0s=self.cl_gamma0s, seeds=self.seeds, similarities=self.cl_similarities,
-                       width_widths=self.cl_width_widths, n_tasks=self.cl_tasks, epochs=self.cl_epochs)
+                       width_widths=self.cl_width_widths, n_tasks=self.cl_tasks, epochs=self.cl_epochs,
+                       n_train=self.cl_n_train, n_test=self.cl_n_test)
 
 @dataclass
 class Claim:
@@ -73,6 +106,7 @@ class Claim:
     statement: str
     measured: str
     agrees: bool
+    def __post_init__(self): self.agrees = bool(self.agrees)     # numpy booleans from comparisons become plain ones
 
 @dataclass
 class PartResult:
@@ -81,10 +115,11 @@ class PartResult:
     title: str
     figures: list = field(default_factory=list)   # file names inside the run folder
     tables: list = field(default_factory=list)    # file names of the numbers behind the figures
-    claims: list = field(default_factory=list)    # `Claim`s
+    claims: list = field(default_factory=list)    # `Claim`s, computed from the saved tables
     notes: str = ''
     seconds: float = 0.0
     error: str = None
+    reused: bool = False                          # kept from an earlier invocation (`--resume`), not recomputed
 
 # %% ../nbs/30_cli.ipynb #c3957d5b
 def read_table(path, ints=(), strs=(), bools=()) -> list:
@@ -114,8 +149,8 @@ def coord_check_claims(recs:list) -> list:
         ]
     return claims
 
-def part_coord_check(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
-    "Run the coordinate check, save its figure and records in `out`, and check its claims from the saved records"
+def part_coord_check(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
+    "Run the coordinate check and save its figure and records in `out`"
     runs = coord_check_grid(cfg.widths, *coord_check_data(), gamma0=cfg.gamma0, depth=cfg.depth, lr=cfg.lr,
                             steps=cfg.steps, seeds=cfg.seeds, progress=progress)
     recs = [dict(kind=kind, readout=ro, **r) for (kind, ro), rs in runs.items() for r in rs]
@@ -125,7 +160,6 @@ def part_coord_check(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResul
     fig.savefig(out/'coord_check.png', dpi=110); plt.close(fig)
     return PartResult('coord_check', 'Coordinate check: what the parameterization does to feature movement',
                       figures=['coord_check.png'], tables=['coord_check.csv'],
-                      claims=coord_check_claims(_read_records(out/'coord_check.csv')),
                       notes=(f"MLP with {cfg.depth} hidden layers, widths {list(cfg.widths)}, {cfg.steps} SGD steps at "
                              f"η0={cfg.lr}, seeds {list(cfg.seeds)}; RMS change of each layer's output since init."))
 
@@ -138,22 +172,26 @@ _CL_TITLES = dict(stationary='Continual learning (1): stationary vs continual tr
 def _cl_part(name:str):
     "The reproduce part that runs the continual-learning experiment `name` of `EXPERIMENTS`"
     table, claims, plot = EXPERIMENTS[name]
-    def part(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
+    def part(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
         suite = cfg.cl_suite()
-        df = run_suite(suite, out/'sweeps.db', workers=cfg.workers, progress=progress, only=[name])[name]
+        df = run_suite(suite, out/'sweeps.db', executor=executor, workers=cfg.workers, progress=progress, only=[name])[name]
         table(df).to_csv(out/f'cl_{name}.csv', index=False)
-        t = pd.read_csv(out/f'cl_{name}.csv')
-        fig = plot(t); fig.savefig(out/f'cl_{name}.png', dpi=110); plt.close(fig)
+        fig = plot(pd.read_csv(out/f'cl_{name}.csv')); fig.savefig(out/f'cl_{name}.png', dpi=110); plt.close(fig)
         b = suite.base()
         notes = (f"μP/NTP MLPs with {suite.depth} hidden layers on {suite.n_tasks} permuted-digit tasks (shared 10-way head), "
                  f"{suite.epochs} epochs per task, SGD η0 = {b.train['lr']:g}, batch 128, cosine schedule restarted per task; "
                  f"seeds {list(suite.seeds)}; points are mean ± standard error over seeds. {len(df)} runs, "
                  f"{int(df.diverged.sum())} diverged (left out of the means).")
-        return PartResult(f'cl_{name}', _CL_TITLES[name], figures=[f'cl_{name}.png'], tables=[f'cl_{name}.csv'],
-                          claims=[Claim(**c) for c in claims(t)], notes=notes)
+        return PartResult(f'cl_{name}', _CL_TITLES[name], figures=[f'cl_{name}.png'], tables=[f'cl_{name}.csv'], notes=notes)
     part.__name__ = part.__qualname__ = f'part_cl_{name}'
-    part.__doc__ = f"Run the continual-learning experiment {name!r}; save its table and figure; check its claims from the table"
+    part.__doc__ = f"Run the continual-learning experiment {name!r}; save its table and figure"
     return part
+
+def _cl_claims(name:str):
+    "The claims function of the continual-learning part `name`: its experiment's claims, from the saved table"
+    def claims(out:Path) -> list: return [Claim(**c) for c in EXPERIMENTS[name][1](pd.read_csv(Path(out)/f'cl_{name}.csv'))]
+    claims.__name__ = claims.__qualname__ = f'cl_{name}_claims'
+    return claims
 
 # %% ../nbs/30_cli.ipynb #73d5793e
 def dmft_claims(conv:list, forg:list) -> list:
@@ -176,10 +214,14 @@ def dmft_claims(conv:list, forg:list) -> list:
               '; '.join(f"ε={e:g}: {lo:.4f} → {hi:.4f}" for e, lo, hi in rich), all(hi > lo for _, lo, hi in rich)),
     ]
 
-def part_dmft(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
-    "Finite widths vs the two-layer DMFT, and DMFT forgetting over γ0 × ε; records, figures and claims"
+def _dmft_part_claims(out:Path) -> list:
+    return dmft_claims(read_table(Path(out)/'dmft_convergence.csv', ints=('width',)), read_table(Path(out)/'dmft_forgetting.csv'))
+
+def part_dmft(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
+    "Finite widths vs the two-layer DMFT, and DMFT forgetting over γ0 × ε; records and figures"
     conv_prob = similarity_problem(0.5, n_tasks=2, P=30, D=20)
-    st = convergence_study(conv_prob, cfg.dmft_widths, 1.0, cfg.dmft_steps, seeds=range(cfg.dmft_seeds), progress=progress)
+    st = convergence_study(conv_prob, cfg.dmft_widths, 1.0, cfg.dmft_steps, seeds=range(cfg.dmft_seeds), S_ref=cfg.dmft_S_ref,
+                           progress=progress)
     with open(out/'dmft_convergence.csv', 'w', newline='') as f:
         w = csv.writer(f); w.writerow(['width', 'gap', 'bias', 'fluct'])
         w.writerows(zip(st['widths'], st['gap'], st['bias'], st['fluct']))
@@ -204,75 +246,443 @@ def part_dmft(cfg:ReproConfig, out:Path, progress:bool=True) -> PartResult:
     ax.legend(fontsize=8); fig.tight_layout(); fig.savefig(out/'dmft_forgetting.png', dpi=110); plt.close(fig)
     return PartResult('dmft', 'DMFT: finite widths converge to the theory; forgetting from lazy to rich',
                       figures=['dmft_convergence.png', 'dmft_forgetting.png'], tables=['dmft_convergence.csv', 'dmft_forgetting.csv'],
-                      claims=dmft_claims(read_table(out/'dmft_convergence.csv', ints=('width',)), forg),
                       notes=(f"Two-layer ReLU network, μP, full-batch GD at η0 = 1, {cfg.dmft_steps} steps per task, 2 tasks × 30 "
                              f"samples with shared ±1 targets. Convergence: ε = 0.5, γ0 = 1, widths {list(cfg.dmft_widths)}, "
-                             f"{cfg.dmft_seeds} seeds each, reference = solver with 4 × 25 000 particles. Forgetting: solver with "
+                             f"{cfg.dmft_seeds} seeds each, reference = solver with 4 × {cfg.dmft_S_ref} particles. Forgetting: solver with "
                              f"S = {cfg.dmft_S} particles, γ0 in {list(cfg.dmft_gamma0s)}, ε in {list(cfg.dmft_eps)}."))
 
 # %% ../nbs/30_cli.ipynb #9c39db56
-PARTS = {'coord_check': part_coord_check, **{f'cl_{k}': _cl_part(k) for k in EXPERIMENTS}, 'dmft': part_dmft}
+def train_classifier(model, x, y, epochs:int, lr:float, seed:int, bs:int=64, weight_decay:float=0.05,
+                     smoothing:float=0.1, on_epoch=None):
+    "Train `model` on (`x`, `y`) with AdamW, a cosine learning-rate schedule and label smoothing; returns it in eval mode"
+    if epochs < 0 or lr <= 0 or bs < 1: raise ValueError(f"need epochs >= 0, lr > 0 and bs >= 1, got {epochs}, {lr}, {bs}")
+    if len(x) != len(y) or not len(x): raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
+    g = torch.Generator().manual_seed(seed)                       # the batch order depends on `seed` only
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps, k = epochs * math.ceil(len(x) / bs), 0
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(bs):
+            for gr in opt.param_groups: gr['lr'] = lr * 0.5 * (1 + math.cos(math.pi * k / steps))
+            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=smoothing)
+            opt.zero_grad(); loss.backward(); opt.step(); k += 1
+        if on_epoch: on_epoch()
+    return model.eval()
 
-# %% ../nbs/30_cli.ipynb #c2a3463d
-def _md_report(cfg, parts, meta):
+def accuracy(model, x, y) -> float:
+    "Fraction of `x` that `model` classifies as `y`"
+    return (model_output(model, x).argmax(-1) == y).float().mean().item()
+
+def fusion_splits(n_val:int=200, n_calib:int=200, n_train:int=None, seed:int=0) -> dict:
+    "The digits for the fusion part: training, validation (balanced), test, and calibration images (drawn from the training ones)"
+    ds = load_dataset('digits', seed=seed)
+    val = stratified_subset(ds.y_train.numpy(), n_val, seed=seed)
+    rest = np.setdiff1d(np.arange(len(ds.y_train)), val)
+    if n_train is not None: rest = rest[stratified_subset(ds.y_train[rest].numpy(), n_train, seed=seed)]
+    if n_calib > len(rest): raise ValueError(f"n_calib={n_calib} exceeds the {len(rest)} training images")
+    calib = np.random.default_rng(seed).choice(rest, n_calib, replace=False)
+    return dict(x_tr=ds.x_train[rest], y_tr=ds.y_train[rest], x_val=ds.x_train[val], y_val=ds.y_train[val],
+                x_te=ds.x_test, y_te=ds.y_test, calib=ds.x_train[calib])
+
+# %% ../nbs/30_cli.ipynb #f216fa6e
+def _train_job(job:dict, on_epoch=None) -> dict:
+    "Train one ViT of the fusion part (in a worker process or in this one); returns its state dict"
+    if job.get('threads'): torch.set_num_threads(job['threads'])
+    torch.manual_seed(job['seed'])
+    m = ViT(**job['vit'])
+    if job.get('init') is not None: m.load_state_dict(job['init'])
+    return train_classifier(m, job['x'], job['y'], job['epochs'], job['lr'], job['seed'], on_epoch=on_epoch).state_dict()
+
+def _pool(executor, workers, n_jobs):
+    "(pool, owned, threads per job): a Dask client's executor, a given executor, a local process pool, or None (this process)"
+    if executor is not None:
+        if hasattr(executor, 'get_executor') and hasattr(executor, 'scheduler_info'): return executor.get_executor(), False, 1
+        if hasattr(executor, 'submit'): return executor, False, None
+        raise TypeError(f"executor must be a dask Client or an object with `submit`, got {executor!r}")
+    cores = os.cpu_count() or 1
+    workers = min(workers or cores, n_jobs)
+    if workers <= 1: return None, False, None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('forkserver')), True, max(1, cores // workers)
+
+def train_models(jobs:list, cache, executor=None, workers:int=None, progress:bool=True, desc:str='training') -> dict:
+    "Train the ViTs of `jobs` (dicts: name, vit config, seed, epochs, lr, x, y, optional init state); {name: state dict}, cached in `cache`"
+    cache = Path(cache); cache.mkdir(parents=True, exist_ok=True)
+    names = [j['name'] for j in jobs]
+    if len(set(names)) != len(names): raise ValueError(f"job names must be distinct, got {names}")
+    out = {j['name']: torch.load(cache/f"{j['name']}.pt") for j in jobs if (cache/f"{j['name']}.pt").exists()}
+    todo = [j for j in jobs if j['name'] not in out]
+    bar = tqdm(total=sum(j['epochs'] for j in jobs), initial=sum(j['epochs'] for j in jobs if j['name'] in out),
+               desc=desc, unit='epoch', disable=not progress, leave=False)
+    def keep(j, sd):
+        tmp = cache/f".{j['name']}.pt.tmp"; torch.save(sd, tmp); tmp.replace(cache/f"{j['name']}.pt")   # never half-written
+        out[j['name']] = sd
+    pool, owned, threads = _pool(executor, workers, len(todo))
+    try:
+        if pool is None:
+            for j in todo: keep(j, _train_job(j, on_epoch=lambda: bar.update(1)))
+        else:
+            futs = {pool.submit(_train_job, {**j, 'threads': threads}): j for j in todo}
+            for f in as_completed(futs): keep(futs[f], f.result()); bar.update(futs[f]['epochs'])
+    except BaseException:
+        if owned: pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally: bar.close()
+    if owned: pool.shutdown()
+    return {n: out[n] for n in names}
+
+# %% ../nbs/30_cli.ipynb #ccffe864
+def best_reg(one:pd.DataFrame) -> float:
+    "The Sinkhorn λ with the best mean validation accuracy over pairs (the smallest one on ties)"
+    s = one[one.method == 'sinkhorn']
+    if not len(s): raise ValueError("the one-shot table has no Sinkhorn rows")
+    v = s.groupby('reg').val.mean()
+    return float(v.index[np.argmax(v.values)])
+
+def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame) -> list:
+    "The transformer-fusion claims checked against the saved one-shot and finetune tables"
+    pct = lambda v: f"{100 * v:.1f}%"
+    best, n = best_reg(one), len(ft)
+    regs = sorted(one[one.method == 'sinkhorn'].reg.unique())
+    soft = one[(one.method == 'sinkhorn') & (one.reg == best)].test.mean()
+    vf, emd = one[one.method == 'vanilla'].test.mean(), one[one.method == 'emd'].test.mean()
+    bp = ft[['parent_a_ft', 'parent_b_ft']].max(axis=1)
+    wins = int((ft.ot_ft > bp).sum())
+    return [
+        Claim("Soft OT fusion (Sinkhorn, λ chosen on the validation split) beats vanilla averaging one-shot",
+              f"λ = {best:g}: {pct(soft)} vs {pct(vf)} (test, mean of {n} pairs)", soft > vf),
+        Claim("Soft alignment beats hard alignment (exact OT, EMD) one-shot", f"{pct(soft)} vs {pct(emd)}", soft > emd),
+        Claim("The best Sinkhorn λ lies inside the grid, not at one of its ends",
+              f"λ = {best:g} in [{', '.join(f'{r:g}' for r in regs)}] (validation)", len(regs) > 2 and regs[0] < best < regs[-1]),
+        Claim("After the same short finetune, OT fusion beats vanilla averaging",
+              f"{pct(ft.ot_ft.mean())} vs {pct(ft.vf_ft.mean())}", ft.ot_ft.mean() > ft.vf_ft.mean()),
+        Claim("OT fusion + finetune beats the parents given the same extra budget (the better finetuned parent, in most pairs)",
+              f"{pct(ft.ot_ft.mean())} vs {pct(bp.mean())}; better in {wins} of {n} pairs", wins > n / 2),
+    ]
+
+def plot_fusion(one:pd.DataFrame, ft:pd.DataFrame):
+    "One-shot test accuracy against λ (EMD, vanilla, parents for reference), and the accuracies after the finetune"
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw=dict(width_ratios=[1, 1.2]))
+    err = lambda s: 100 * np.nan_to_num(s.std())                   # one pair: no spread
+    s = one[one.method == 'sinkhorn'].groupby('reg').test
+    a0.errorbar(s.mean().index, 100 * s.mean().values, 100 * s.std().fillna(0).values, marker='o', capsize=2, label='soft OT (Sinkhorn)')
+    emd, vf = one[one.method == 'emd'].test, one[one.method == 'vanilla'].test
+    a0.errorbar([s.mean().index.min() / 1.6], [100 * emd.mean()], [err(emd)], marker='s', c='C3', capsize=2, label='hard OT (EMD)')
+    a0.axhline(100 * vf.mean(), ls='--', c='k', label='vanilla average')
+    a0.axhline(100 * pd.concat([ft.parent_a, ft.parent_b]).mean(), ls=':', c='C2', label='parents')
+    a0.axhline(10, ls=':', c='gray', lw=0.8, label='chance')
+    a0.axvline(best_reg(one), c='C0', lw=0.8, alpha=0.5)
+    a0.set(xscale='log', xlabel='Sinkhorn λ (square: EMD; vertical line: λ chosen on validation)',
+           ylabel='one-shot test accuracy (%)', title='one-shot fusion', ylim=(0, 100))
+    a0.minorticks_off(); a0.set_xticks(list(s.mean().index), [f"{r:g}" for r in s.mean().index])
+    a0.legend(fontsize=7)
+    bars = [('parents', ['parent_a', 'parent_b']), ('parents\n+ finetune', ['parent_a_ft', 'parent_b_ft']),
+            ('vanilla\none-shot', ['vf_oneshot']), ('OT\none-shot', ['ot_oneshot']), ('vanilla\n+ finetune', ['vf_ft']),
+            ('OT\n+ finetune', ['ot_ft']), ('ensemble\n(2× cost)', ['ensemble'])]
+    vals = [pd.concat([ft[c] for c in cols]) for _, cols in bars]
+    a1.bar(range(len(bars)), [100 * v.mean() for v in vals], yerr=[err(v) for v in vals], capsize=3,
+           color=['C2', 'C2', 'gray', 'C0', 'gray', 'C0', 'C4'])
+    for i, v in enumerate(vals): a1.text(i, 100 * v.mean() + err(v) + 1, f"{100 * v.mean():.1f}", ha='center', fontsize=7)
+    a1.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=7)
+    a1.set(ylabel='test accuracy (%)', title=f'before and after the same short finetune (λ = {best_reg(one):g})', ylim=(0, 105))
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/30_cli.ipynb #7fd8f665
+def _fusion_part_claims(out:Path) -> list:
+    return fusion_claims(pd.read_csv(Path(out)/'fusion_oneshot.csv'), pd.read_csv(Path(out)/'fusion_finetune.csv'))
+
+def part_fusion(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
+    "Train ViT parents, fuse each pair one-shot (vanilla, EMD, Sinkhorn over λ), finetune with equal budgets; tables and figure"
+    D = fusion_splits(cfg.fusion_n_val, cfg.fusion_n_calib, cfg.fusion_n_train)
+    vit = dict(image_size=8, patch_size=2, d=cfg.fusion_width, depth=cfg.fusion_depth, heads=cfg.fusion_heads, mlp=2 * cfg.fusion_width)
+    P, regs, cache, lr, ft_lr = cfg.fusion_pairs, list(cfg.fusion_regs), out/'fusion_models', 2e-3, 1e-3
+    job = lambda name, seed, epochs, lr, init=None: dict(name=name, vit=vit, seed=seed, epochs=epochs, lr=lr, init=init,
+                                                         x=D['x_tr'], y=D['y_tr'])
+    def model(sd): m = ViT(**vit); m.load_state_dict(sd); return m.eval()
+    train = lambda jobs, desc: {k: model(v) for k, v in train_models(jobs, cache, executor, cfg.workers, progress, desc).items()}
+    par = train([job(f'parent{s}', s, cfg.fusion_epochs, lr) for s in range(2 * P)], 'fusion: parents')
+    acc = lambda m, split: accuracy(m, D[f'x_{split}'], D[f'y_{split}'])
+    rows, fused = [], {}
+    bar = tqdm(total=P * (2 + len(regs)), desc='fusion: one-shot fusions', disable=not progress, leave=False)
+    for i in range(P):
+        A, B = par[f'parent{2 * i}'], par[f'parent{2 * i + 1}']
+        base = dict(pair=i, parent_a=acc(A, 'te'), parent_b=acc(B, 'te'))
+        fused[i, 'vanilla'] = vanilla_average([A, B])
+        for reg in [None] + regs:
+            fused[i, reg] = fuse([A, B], anchor=1, calib_data=D['calib'], solver='emd' if reg is None else 'sinkhorn', reg=reg or 0.05)
+        for key, method, reg in [('vanilla', 'vanilla', np.nan), (None, 'emd', np.nan)] + [(r, 'sinkhorn', r) for r in regs]:
+            rows.append(dict(pair=i, method=method, reg=reg, val=acc(fused[i, key], 'val'), test=acc(fused[i, key], 'te'),
+                             parent_a=base['parent_a'], parent_b=base['parent_b'])); bar.update()
+    bar.close()
+    pd.DataFrame(rows).to_csv(out/'fusion_oneshot.csv', index=False)
+    reg = best_reg(pd.read_csv(out/'fusion_oneshot.csv'))                       # chosen on validation, from the saved table
+    jobs = [job(f'parent{s}_ft', 100 + s, cfg.fusion_ft_epochs, ft_lr, par[f'parent{s}'].state_dict()) for s in range(2 * P)]
+    for i in range(P): jobs += [job(f'ot{i}_ft', 200 + i, cfg.fusion_ft_epochs, ft_lr, fused[i, reg].state_dict()),
+                                job(f'vf{i}_ft', 200 + i, cfg.fusion_ft_epochs, ft_lr, fused[i, 'vanilla'].state_dict())]
+    tuned = train(jobs, 'fusion: finetunes')
+    ens = lambda ms: (torch.stack([model_output(m, D['x_te']).softmax(-1) for m in ms]).mean(0).argmax(-1) == D['y_te']).float().mean().item()
+    rows = [dict(pair=i, reg=reg, parent_a=acc(par[f'parent{2 * i}'], 'te'), parent_b=acc(par[f'parent{2 * i + 1}'], 'te'),
+                 ot_oneshot=acc(fused[i, reg], 'te'), vf_oneshot=acc(fused[i, 'vanilla'], 'te'),
+                 parent_a_ft=acc(tuned[f'parent{2 * i}_ft'], 'te'), parent_b_ft=acc(tuned[f'parent{2 * i + 1}_ft'], 'te'),
+                 ot_ft=acc(tuned[f'ot{i}_ft'], 'te'), vf_ft=acc(tuned[f'vf{i}_ft'], 'te'),
+                 ensemble=ens([par[f'parent{2 * i}'], par[f'parent{2 * i + 1}']])) for i in range(P)]
+    pd.DataFrame(rows).to_csv(out/'fusion_finetune.csv', index=False)
+    fig = plot_fusion(pd.read_csv(out/'fusion_oneshot.csv'), pd.read_csv(out/'fusion_finetune.csv'))
+    fig.savefig(out/'fusion.png', dpi=110); plt.close(fig)
+    return PartResult('fusion', 'Transformer fusion: vanilla vs hard vs soft OT one-shot, and after a short finetune',
+                      figures=['fusion.png'], tables=['fusion_oneshot.csv', 'fusion_finetune.csv'],
+                      notes=(f"ViT (patch 2, d = {cfg.fusion_width}, {cfg.fusion_depth} blocks, {cfg.fusion_heads} heads, MLP "
+                             f"{2 * cfg.fusion_width}) on the 8×8 digits: {len(D['x_tr'])} training, {len(D['x_val'])} validation, "
+                             f"{len(D['x_te'])} test images. {2 * P} parents (seeds 0–{2 * P - 1}) trained {cfg.fusion_epochs} epochs "
+                             f"(AdamW 2e-3, cosine, label smoothing 0.1), fused in pairs (2i, 2i+1) into the second with "
+                             f"activation costs on {len(D['calib'])} calibration images, residual policy 'mean'. Sinkhorn λ in "
+                             f"{regs}, chosen on validation: {reg:g}. Finetune: {cfg.fusion_ft_epochs} epochs at 1e-3 for every "
+                             f"model. Accuracies on the test split, mean ± std over pairs."))
+
+# %% ../nbs/30_cli.ipynb #5c90fc18
+def _coord_check_part_claims(out:Path) -> list: return coord_check_claims(_read_records(Path(out)/'coord_check.csv'))
+
+PARTS = {'coord_check': part_coord_check, **{f'cl_{k}': _cl_part(k) for k in EXPERIMENTS}, 'dmft': part_dmft, 'fusion': part_fusion}
+CLAIMS = {'coord_check': _coord_check_part_claims, **{f'cl_{k}': _cl_claims(k) for k in EXPERIMENTS}, 'dmft': _dmft_part_claims,
+          'fusion': _fusion_part_claims}
+GROUPS = dict(cl=['coord_check'] + [f'cl_{k}' for k in EXPERIMENTS], dmft=['dmft'], fusion=['fusion'])
+
+def part_names(only=None) -> list:
+    "The parts named by `only` (part or group names, a list or a comma-separated string; default all), in the order of `PARTS`"
+    if only is None: return list(PARTS)
+    items = [s.strip() for s in (only.split(',') if isinstance(only, str) else only) if s.strip()]
+    bad = [s for s in items if s not in PARTS and s not in GROUPS]
+    if bad: raise ValueError(f"unknown part(s) {bad}: choose groups from {list(GROUPS)} or parts from {list(PARTS)}")
+    if not items: raise ValueError("no part named")
+    want = {p for s in items for p in GROUPS.get(s, [s])}
+    return [n for n in PARTS if n in want]
+
+def claims_for(name:str, out) -> list:
+    "The claims of part `name`, computed from the tables it saved in the run folder `out`"
+    if name not in CLAIMS: raise ValueError(f"part {name!r} has no claims function: choose from {list(CLAIMS)}")
+    return CLAIMS[name](Path(out))
+
+# %% ../nbs/30_cli.ipynb #047fe2e0
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)): return '' if np.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+def _read_csv(out, t):
+    try: return pd.read_csv(Path(out)/t)
+    except Exception: return None
+
+def _status(p) -> str:
+    if p is None: return 'not run yet'
+    if p.error: return 'FAILED'
+    return f"{sum(c.agrees for c in p.claims)}/{len(p.claims)} claims agree"
+
+def _verdict(c, html_=False) -> str:
+    if html_: return '<td class="yes">✓ agrees</td>' if c.agrees else '<td class="no">✗ disagrees</td>'   # fonts without emoji
+    return '✅ yes' if c.agrees else '❌ no'
+
+def md_report(cfg:ReproConfig, plan:list, parts:dict, meta:dict, out) -> str:
+    "The Markdown report of a run: summary, per part its figures, claims and numbers; configuration and versions"
+    esc = lambda t: str(t).replace('|', '\\|')                          # a '|' inside a cell would end it
     L = ["# cl_scale reproduction report", "",
-         f"Run {meta['started']} · cl_scale {meta['version']} · torch {meta['torch']} · {meta['machine']} · "
-         f"mode: {'quick' if cfg.quick else 'full'} · total {meta['seconds']:.1f} s", ""]
-    for p in parts:
-        L += [f"## {p.title}", "", f"*Part `{p.name}`, {p.seconds:.1f} s.* {p.notes}", ""]
+         f"Run {meta['started']}{' (resumed)' if meta.get('resumed') else ''} · cl_scale {meta['version']} · "
+         f"mode: {'quick' if cfg.quick else 'full'} · {meta['executor']} · this invocation {meta['seconds']:.1f} s, "
+         f"parts {sum(p.seconds for p in parts.values()):.1f} s", "",
+         "| part | status | seconds |", "|---|---|---|"]
+    L += [f"| [{n}](#{n}) | {_status(parts.get(n))} | {parts[n].seconds:.1f}{' (earlier run)' if parts[n].reused else ''} |"
+          if n in parts else f"| {n} | not run yet | |" for n in plan] + [""]
+    for n in plan:
+        if n not in parts: continue
+        p = parts[n]
+        L += [f'<a id="{n}"></a>', "", f"## {p.title}", "",
+              f"*Part `{p.name}`, {p.seconds:.1f} s{', from an earlier run' if p.reused else ''}.* {p.notes}", ""]
         if p.error: L += ["**This part failed:**", "", "```", p.error.rstrip(), "```", ""]
         L += [f"![{p.name}]({f})" for f in p.figures] + [""]
         if p.claims:
             L += ["| claim | measured | agrees |", "|---|---|---|"]
-            esc = lambda t: str(t).replace('|', '\\|')        # a '|' inside a cell would end it
-            L += [f"| {esc(c.statement)} | {esc(c.measured)} | {'✅ yes' if c.agrees else '❌ no'} |" for c in p.claims] + [""]
+            L += [f"| {esc(c.statement)} | {esc(c.measured)} | {_verdict(c)} |" for c in p.claims] + [""]
+        for t in p.tables:
+            df = _read_csv(out, t)
+            if df is None: continue
+            show = df.head(40)
+            L += [f"<details><summary>Numbers: {t} ({len(df)} rows)</summary>", "",
+                  "| " + " | ".join(map(esc, show.columns)) + " |", "|" + "---|" * len(show.columns)]
+            L += ["| " + " | ".join(esc(_fmt(v)) for v in r) + " |" for r in show.itertuples(index=False)]
+            if len(df) > len(show): L += ["", f"… {len(df) - len(show)} more rows in [{t}]({t})."]
+            L += ["", "</details>", ""]
         if p.tables: L += ["Numbers: " + ', '.join(f"[{t}]({t})" for t in p.tables), ""]
     conf = ',\n'.join(f'  "{k}": {json.dumps(v)}' for k, v in asdict(cfg).items())
-    L += ["## Configuration", "", "```json", "{\n" + conf + "\n}", "```", ""]
+    L += ["## Configuration", "", "```json", "{\n" + conf + "\n}", "```", "",
+          "## Versions and machine", "", ', '.join(f"{k} {v}" for k, v in meta['versions'].items()) + ".",
+          f"Machine: {meta['machine']}; load average at the start {meta['load']}.", ""]
     return '\n'.join(L)
 
-def run_reproduce(cfg:ReproConfig=None, out_dir='results', only:list=None, progress:bool=True) -> Path:
-    "Run the parts named in `only` (default all) with `cfg`, write the report; return the run folder"
-    cfg = cfg or ReproConfig.make()
-    names = list(PARTS) if not only else list(only)
-    bad = [n for n in names if n not in PARTS]
-    if bad: raise ValueError(f"unknown part(s) {bad}: choose from {list(PARTS)}")
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1150px;margin:2em auto;padding:0 1.2em;color:#222;line-height:1.45}
+h1{font-size:1.8em;border-bottom:2px solid #ddd;padding-bottom:.2em} h2{margin-top:2.2em;border-bottom:1px solid #e5e5e5;padding-bottom:.15em}
+table{border-collapse:collapse;margin:.7em 0;font-size:.88em} th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f4f6f8} td.yes{background:#e7f6e7;white-space:nowrap} td.no{background:#fde8e8;white-space:nowrap}
+td.failed{color:#b00020;font-weight:600} .meta{color:#555;font-size:.92em} .notes{font-size:.95em}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0} pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.82em}
+pre.error{background:#fff2f2;border-left:4px solid #b00020} details{margin:.4em 0} summary{cursor:pointer;color:#1a4f8a}
+table.numbers td{font-variant-numeric:tabular-nums} code{background:#f3f3f3;padding:0 .2em;border-radius:3px}
+"""
+
+def html_report(cfg:ReproConfig, plan:list, parts:dict, meta:dict, out) -> str:
+    "The HTML report of a run (same content as `md_report`): a self-contained page, figures linked by relative path"
+    e = lambda t: html.escape(str(t))
+    H = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+         f'<title>cl_scale reproduction report {e(meta["started"])}</title><style>{_CSS}</style></head><body>',
+         '<h1>cl_scale reproduction report</h1>',
+         f'<p class="meta">Run {e(meta["started"])}{" (resumed)" if meta.get("resumed") else ""} · cl_scale {e(meta["version"])} · '
+         f'mode: <b>{"quick" if cfg.quick else "full"}</b> · {e(meta["executor"])} · this invocation {meta["seconds"]:.1f} s, '
+         f'parts {sum(p.seconds for p in parts.values()):.1f} s</p>',
+         '<table><tr><th>part</th><th>status</th><th>seconds</th></tr>']
+    for n in plan:
+        p = parts.get(n)
+        cls = ' class="failed"' if p is not None and p.error else ''
+        secs = '' if p is None else f"{p.seconds:.1f}{' (earlier run)' if p.reused else ''}"
+        H.append(f'<tr><td><a href="#{e(n)}">{e(n)}</a></td><td{cls}>{e(_status(p))}</td><td>{secs}</td></tr>')
+    H.append('</table>')
+    for n in plan:
+        if n not in parts: continue
+        p = parts[n]
+        H += [f'<h2 id="{e(n)}">{e(p.title)}</h2>',
+              f'<p class="meta">Part <code>{e(p.name)}</code> · {p.seconds:.1f} s{" · from an earlier run" if p.reused else ""}</p>',
+              f'<p class="notes">{e(p.notes)}</p>']
+        if p.error: H += ['<p class="failed"><b>This part failed:</b></p>', f'<pre class="error">{e(p.error.rstrip())}</pre>']
+        H += [f'<figure><img src="{e(f)}" alt="{e(p.name)}: {e(f)}"></figure>' for f in p.figures]
+        if p.claims:
+            H.append('<table><tr><th>claim (the paper)</th><th>measured in this run</th><th>verdict</th></tr>')
+            H += [f'<tr><td>{e(c.statement)}</td><td>{e(c.measured)}</td>{_verdict(c, True)}</tr>' for c in p.claims]
+            H.append('</table>')
+        for t in p.tables:
+            df = _read_csv(out, t)
+            if df is None: H.append(f'<p>Numbers: <a href="{e(t)}">{e(t)}</a> (not found)</p>'); continue
+            more = f' (first 200 of {len(df)} rows)' if len(df) > 200 else f' ({len(df)} rows)'
+            H += [f'<details><summary>Numbers: {e(t)}{more}</summary>',
+                  df.head(200).to_html(index=False, border=0, classes='numbers', na_rep='', float_format=_fmt), '</details>']
+        if p.tables: H.append('<p>Numbers as CSV: ' + ', '.join(f'<a href="{e(t)}">{e(t)}</a>' for t in p.tables) + '</p>')
+    H += ['<h2 id="configuration">Configuration</h2>', '<table><tr><th>setting</th><th>value</th></tr>']
+    H += [f'<tr><td><code>{e(k)}</code></td><td>{e(json.dumps(v))}</td></tr>' for k, v in asdict(cfg).items()]
+    H += ['</table>', '<h2 id="versions">Versions and machine</h2>',
+          '<p>' + ', '.join(f"{e(k)} {e(v)}" for k, v in meta['versions'].items()) + '.</p>',
+          f'<p>Machine: {e(meta["machine"])}; load average at the start {e(meta["load"])}.</p>', '</body></html>']
+    return '\n'.join(H)
+
+# %% ../nbs/30_cli.ipynb #1a4d1153
+def _save_json(path:Path, obj):
+    "Write JSON atomically (a killed run never leaves a half-written file)"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp"); tmp.write_text(json.dumps(obj, indent=1)); tmp.replace(path)
+
+def load_part(out, name:str) -> PartResult:
+    "The result of part `name` saved in the run folder `out` (None if it never finished or failed there)"
+    f = Path(out)/'parts'/f'{name}.json'
+    if not f.exists(): return None
+    d = json.loads(f.read_text())
+    return PartResult(**{**d, 'claims': [Claim(**c) for c in d['claims']]})
+
+def _finished(p:PartResult, out:Path) -> bool:
+    return p is not None and p.error is None and all((out/f).exists() for f in p.figures + p.tables)
+
+def _describe(executor, cfg) -> str:
+    if executor is None: return f"local: {cfg.workers or os.cpu_count()} worker process(es)"
+    sched = getattr(executor, 'scheduler', None)
+    return f"Dask cluster at {getattr(sched, 'address', '?')}" if sched is not None else f"executor {type(executor).__name__}"
+
+def _versions() -> dict:
+    import scipy, ot as pot
+    return {'cl_scale': cl_scale.__version__, 'python': platform.python_version(), 'torch': torch.__version__,
+            'numpy': np.__version__, 'scipy': scipy.__version__, 'pandas': pd.__version__, 'POT': pot.__version__,
+            'matplotlib': matplotlib.__version__}
+
+def write_reports(out, cfg:ReproConfig, plan:list, parts:dict, meta:dict):
+    "Write `results.json`, `report.md` and `report.html` of the run folder `out`"
+    out = Path(out)
+    _save_json(out/'results.json', dict(meta=meta, plan=plan, parts=[asdict(parts[n]) for n in plan if n in parts]))
+    (out/'report.md').write_text(md_report(cfg, plan, parts, meta, out))
+    (out/'report.html').write_text(html_report(cfg, plan, parts, meta, out))
+
+def run_reproduce(cfg:ReproConfig=None, out_dir='results', only=None, progress:bool=True, resume=None, executor=None) -> Path:
+    "Run the parts or groups in `only` (default all) into a new folder of `out_dir`, or complete the run folder `resume`; returns the folder"
+    names = None if only is None else part_names(only)
     started = datetime.now()
-    out = Path(out_dir)/started.strftime('%Y%m%d-%H%M%S')
-    i = 1
-    while out.exists(): out = Path(out_dir)/f"{started.strftime('%Y%m%d-%H%M%S')}-{i}"; i += 1
-    out.mkdir(parents=True)
-    (out/'config.json').write_text(json.dumps(asdict(cfg), indent=1))
-    parts, t_all = [], time.time()
+    if resume is not None:
+        out = Path(resume)
+        if not (out/'config.json').exists(): raise ValueError(f"{out} is not a run folder of cl-scale-reproduce: it has no config.json")
+        saved = ReproConfig.load(out)
+        if cfg is not None and replace(cfg, workers=None) != replace(saved, workers=None):
+            raise ValueError(f"{out} was run with another configuration: a resumed run keeps the saved one (pass cfg=None)")
+        cfg = replace(saved, workers=cfg.workers if cfg is not None else saved.workers)
+        plan = json.loads((out/'run.json').read_text())['parts'] if (out/'run.json').exists() else list(PARTS)
+        names = names or [n for n in plan if n in PARTS]
+        plan += [n for n in names if n not in plan]
+    else:
+        cfg, names = cfg or ReproConfig.make(), names or list(PARTS)
+        stamp = started.strftime('%Y%m%d-%H%M%S')
+        out, i = Path(out_dir)/stamp, 1
+        while out.exists(): out = Path(out_dir)/f"{stamp}-{i}"; i += 1
+        out.mkdir(parents=True)
+        plan = list(names)
+    _save_json(out/'config.json', asdict(cfg)); _save_json(out/'run.json', dict(parts=plan))
+    parts = {n: p for n in plan if (p := load_part(out, n)) is not None}
+    for p in parts.values(): p.reused = True
+    meta = dict(started=started.isoformat(timespec='seconds'), resumed=resume is not None, version=cl_scale.__version__,
+                versions=_versions(), machine=f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+                load=' '.join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, 'getloadavg') else '?',
+                executor=_describe(executor, cfg), seconds=0.0)
+    if progress: print(f"[cl-scale-reproduce] run folder: {out}", flush=True)
+    t_all = time.time()
     for n in names:
+        if _finished(parts.get(n), out):
+            if progress: print(f"[cl-scale-reproduce] {n}: finished in an earlier run, kept", flush=True)
+            continue
         t0 = time.time()
         if progress: print(f"[cl-scale-reproduce] {n} …", flush=True)
-        try: res = PARTS[n](cfg, out, progress=progress)
-        except Exception: res = PartResult(n, n, error=traceback.format_exc())
+        try:
+            res = PARTS[n](cfg, out, progress=progress, executor=executor)
+            if n in CLAIMS: res.claims = claims_for(n, out)          # from the tables just saved, read back from disk
+        except Exception: res = PartResult(n, f"{n} (failed)", error=traceback.format_exc())
         res.seconds = time.time() - t0
-        parts.append(res)
-    meta = dict(started=started.isoformat(timespec='seconds'), version=cl_scale.__version__, torch=torch.__version__,
-                machine=f"{platform.machine()}, {torch.get_num_threads()} threads", seconds=time.time() - t_all)
-    (out/'results.json').write_text(json.dumps(dict(meta=meta, parts=[asdict(p) for p in parts]), indent=1))
-    (out/'report.md').write_text(_md_report(cfg, parts, meta))
+        _save_json(out/'parts'/f'{n}.json', asdict(res))
+        parts[n] = res
+        meta['seconds'] = time.time() - t_all
+        write_reports(out, cfg, plan, parts, meta)
+    meta['seconds'] = time.time() - t_all
+    write_reports(out, cfg, plan, parts, meta)
     return out
 
-# %% ../nbs/30_cli.ipynb #4cb72efc
+# %% ../nbs/30_cli.ipynb #ef693144
+def connect(address:str):
+    "A `dask.distributed.Client` connected to the scheduler at `address` (the `cluster` extra)"
+    try: from dask.distributed import Client
+    except ImportError as e:
+        raise ImportError("--cluster needs dask.distributed, which is not installed: pip install 'cl_scale[cluster]'") from e
+    return Client(address)
+
 @call_parse
 def reproduce(
-    quick:bool=False,            # quick settings: minutes on 2 cores (the README's main-job command)
+    quick:bool=False,            # quick settings: under 10 minutes on 2 cores (the README's main-job command)
     out:str='results',           # folder in which the run's folder is created
-    only:str=None,               # comma-separated parts to run (default: all)
-    threads:int=None,            # torch threads (default: torch's choice)
-    workers:int=None,            # processes for the continual-learning sweeps (default: one per core)
+    only:str=None,               # comma-separated groups (cl, dmft, fusion) or parts (coord_check, cl_gamma, …); default: all
+    resume:str=None,             # a run folder to complete: finished parts are kept, missing and failed ones run
+    threads:int=1,               # torch threads in this process (0: torch's choice)
+    workers:int=None,            # local processes for the sweeps and the fusion training (default: one per core)
+    cluster:str=None,            # address of a Dask scheduler (e.g. tcp://host:8786) to run them on instead
 ):
     "Run cl_scale's experiments on the embedded default data and write figures, numbers and a report to `out`"
     matplotlib.use('Agg')
     if threads: torch.set_num_threads(threads)
-    run = run_reproduce(ReproConfig.make(quick=quick, workers=workers), out, only=only.split(',') if only else None)
-    print(f"[cl-scale-reproduce] report: {run/'report.md'}")
+    client = connect(cluster) if cluster else None
+    try:
+        cfg = ReproConfig.make(quick=quick, workers=workers) if resume is None else (
+              replace(ReproConfig.load(resume), workers=workers) if workers else None)
+        run = run_reproduce(cfg, out, only=only, resume=resume, executor=client)
+    finally:
+        if client is not None: client.close()
+    print(f"[cl-scale-reproduce] report: {run/'report.html'} (and report.md)")
     res = json.loads((run/'results.json').read_text())
     for p in res['parts']:
         status = 'FAILED' if p['error'] else f"{sum(c['agrees'] for c in p['claims'])}/{len(p['claims'])} claims agree"
-        print(f"  {p['name']}: {status} ({p['seconds']:.1f} s)")
+        print(f"  {p['name']}: {status} ({p['seconds']:.1f} s{', earlier run' if p['reused'] else ''})")
     return 1 if any(p['error'] for p in res['parts']) else 0
