@@ -388,33 +388,34 @@ def _interp(nodes, nt):
             W[t, k - 1], W[t, k] = (b - t) / (b - a), (t - a) / (b - a)
     return W
 
-def _response_grid(steps, every:int):
+def _response_grid(steps, every:int, P:int=1):
     "Coarse time grid for the response functions: blocks of `every` steps from each task's start; the last time alone"
     ends = np.cumsum([0] + list(steps))
     tc = np.array(sorted({int(t) for a, b in zip(ends[:-1], ends[1:]) for t in range(a, b, every)} | {int(ends[-1])}))
     w = np.diff(tc, append=tc[-1] + 1)                                           # block lengths (steps)
     nt = int(ends[-1]) + 1
     E = np.repeat(np.eye(len(tc)), w, axis=0)                                    # (nt × blocks) block membership
-    return dict(tc=tc, w=w.astype(float), E=E, Wr=_interp(tc.astype(float), nt), Wc=_interp(tc + (w - 1) / 2, nt))
+    return dict(tc=tc, w=w.astype(float), Wr=_interp(tc.astype(float), nt), Wc=_interp(tc + (w - 1) / 2, nt),
+                E=np.kron(E, np.eye(P)), wcol=np.repeat(w, P).astype(float))        # the same on the (time × sample) grid
 
 def _responses_coarse(C, D, l1, l2, want_A:bool, want_B:bool, P:int, grid, strict, n_sub:int=None):
     "`_responses` with the first order exact on the full grid and the higher orders from the coarse `grid` (and the first `n_sub` samples), interpolated"
-    tc, w = grid['tc'], grid['w']
+    tc = grid['tc']
     n, S = l1.shape
     Sr = S if n_sub is None else min(S, n_sub)
     dt, ntc = C.dtype, len(tc)
     T = lambda M: torch.as_tensor(M, dtype=dt)
     idx = torch.as_tensor((tc[:, None] * P + np.arange(P)).reshape(-1))
-    E = T(np.kron(grid['E'], np.eye(P)))                                         # (n × n_c): sums a block's columns
+    E, wcol = T(grid['E']), T(grid['wcol'])                                       # (n × n_c): sums a block's columns
     # rows at the blocks' first steps, columns integrated over each block (C, D are strictly causal / causal in time)
     Cc, Dc = C[idx] @ E, D[idx] @ E
     # the per-sample diagonals are averaged over each block (product integration): ReLU's φ''(h) z is a narrow bump in
     # time around a zero crossing, which a point sample would catch or miss
-    avg = lambda v: (E.T @ v) / T(np.repeat(w, P))[:, None]
+    avg = lambda v: (E.T @ v) / wcol[:, None]
     l1c, l2c = avg(l1[:, :Sr]), avg(l2[:, :Sr])
     EAc, EBc = _responses(Cc, Dc, l1c, l2c, want_A, want_B, P)
     ll, llc = l1 @ l1.T / S, l1c @ l1c.T / Sr                 # ⟨Λ1 ⊗ Λ1⟩: the first order needs only this moment
-    Wr, Wc, wcol = T(grid['Wr']), T(grid['Wc']), T(np.repeat(w, P))
+    Wr, Wc = T(grid['Wr']), T(grid['Wc'])
     def lift(Rc):
         "a coarse remainder (rows at block starts, columns summed over blocks) → per fine step, interpolated, strictly causal"
         Rp = (Rc.to(dt) / wcol).reshape(ntc, P, ntc, P)
@@ -462,7 +463,7 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
         raise ValueError(f"resp_every (the response functions' time stride) must be an integer >= 1, got {resp_every!r}")
     if resp_samples is not None and (not isinstance(resp_samples, (int, np.integer)) or resp_samples < 2):
         raise ValueError(f"resp_samples must be None or an integer >= 2, got {resp_samples!r}")
-    grid = None if resp_every == 1 and resp_samples is None else _response_grid(steps, int(resp_every))
+    grid = None if resp_every == 1 and resp_samples is None else _response_grid(steps, int(resp_every), P)
     relu = act == 'relu'
     # initial state: the lazy kernels, constant in time; A = B = 0
     Phi0 = [np.asarray(problem.Kx)]
