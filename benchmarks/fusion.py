@@ -16,6 +16,8 @@ Prints, for our `cl_scale.models.ViT` and for Hugging Face `ViTForImageClassific
 - the ratio to vanilla averaging measured in the same process;
 - the fusion with the input shortcuts turned off (every layer recorded by its outputs), and the largest difference
   between its fused parameters and the default's: the shortcuts change the arithmetic, not the result;
+- the fusion with the long products in float64 instead of the activations' float32 (the previous precision), and the
+  largest differences of its fused parameters and outputs to the default's: the precision the default gives up;
 - with `--max-points N`, the opt-in fusion from at most N (sample, token) positions per layer (it changes the maps).
 The 1-minute load average is printed before and after: above the thread count, the machine was shared and the times
 are inflated (CPU times much less so). Nothing is asserted."""
@@ -89,6 +91,13 @@ def report(name, a, b, x, reps, max_points=None):
     print(f"  peak memory above baseline: {mem:.0f} MB;  vanilla averaging {tv * 1e3:.0f} ms → fusion / vanilla = {tm['total'] / tv:.0f}×")
     print(f"  without the input shortcuts: {t_off['total']:.2f} s ({t_off['total'] / tm['total']:.2f}× the fusion time; CPU {t_off['cpu']:.2f} s); "
           f"largest fused-parameter difference to the default {max_diff(fused, fused_off):.1e}")
+    orig = F._work_dtype
+    F._work_dtype = lambda *xs: torch.float64                               # ablation: float64 products
+    try: t64, fused64 = timed_fuse(a, b, x, 1)
+    finally: F._work_dtype = orig
+    out_diff = (F.model_output(fused, x) - F.model_output(fused64, x)).abs().max().item()
+    print(f"  with float64 products: {t64['total']:.2f} s ({t64['total'] / tm['total']:.2f}× the fusion time; CPU {t64['cpu']:.2f} s); "
+          f"largest fused-parameter difference to the default {max_diff(fused, fused64):.1e}, output difference {out_diff:.1e}")
     if max_points:
         tp, _ = timed_fuse(a, b, x, reps, max_points=max_points)
         print(f"  opt-in max_points={max_points}: {tp['total']:.2f} s (CPU {tp['cpu']:.2f} s) = {split(tp)}")

@@ -7,6 +7,8 @@ Docs: https://cl-scale.github.io/cl_scale/fusion.html.md"""
 # %% ../nbs/22_fusion.ipynb #f4213eb1
 from __future__ import annotations
 import copy, time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 import torch
 from torch import nn
@@ -169,8 +171,29 @@ def _subsample(n:int, k:int=None):
     if k is None or k >= n: return None
     return torch.randperm(n, generator=torch.Generator().manual_seed(n))[:k].sort().values
 
-def collect_activations(model, calib, graph, batch:int=256, via_inputs:bool=None, max_points:int=None) -> dict:
+@contextmanager
+def _torch_threads(k:int=None):
+    "Run the block with torch using `k` threads (None: as it is), then restore the caller's setting"
+    n = torch.get_num_threads()
+    if k is not None: torch.set_num_threads(k)
+    try: yield
+    finally: torch.set_num_threads(n)
+
+def _in_threads(fns:list, workers:int=None) -> list:
+    "The results of the callables `fns`, run on up to `workers` threads (default: torch's thread count), each giving torch its share of the threads"
+    n = torch.get_num_threads()
+    workers = min(len(fns), n if workers is None else min(workers, n))
+    if workers <= 1: return [f() for f in fns]
+    def run(f):
+        torch.set_num_threads(max(1, n // workers))     # per thread: the caller's setting is untouched (and restored below)
+        return f()
+    try:
+        with ThreadPoolExecutor(workers) as ex: return list(ex.map(run, fns))
+    finally: torch.set_num_threads(n)
+
+def collect_activations(model, calib, graph, batch:int=None, via_inputs:bool=None, max_points:int=None) -> dict:
     "The activation points (neurons × samples·tokens, in the model's dtype) of every node of `graph` that needs them"
+    batch = batch or (64 if torch.get_num_threads() == 1 else 256)   # see "Where the time goes"
     if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1):
         raise ValueError(f"max_points must be a positive integer or None, got {max_points!r}")
     mods = dict(model.named_modules())
@@ -207,13 +230,17 @@ def collect_activations(model, calib, graph, batch:int=256, via_inputs:bool=None
         for h in hs: h.remove()
         model.train(was)
         seen.clear()
-    joined = {}                                        # shared inputs stay one tensor: their Gram matrix is computed once
-    for v in store.values():
-        if tuple(map(id, v)) in joined: continue
+    groups = {}                                        # shared inputs stay one tensor: their Gram matrix is computed once
+    for k, v in store.items(): groups.setdefault(tuple(map(id, v)), []).append(k)
+    out = {}
+    for keys in groups.values():
+        v = store[keys[0]]
         x = v[0] if len(v) == 1 else torch.cat(v, 0)
+        for k in keys: store[k] = None                 # the batches go as soon as they are joined: one layer's copy at a time
+        del v
         idx = _subsample(len(x), max_points)
-        joined[tuple(map(id, v))] = (x if idx is None else x[idx]).T
-    return {k: joined[tuple(map(id, v))] for k, v in store.items()}
+        out.update(dict.fromkeys(keys, (x if idx is None else x[idx]).T))
+    return {k: out[k] for k in outs}
 
 def model_output(model, data, batch:int=None) -> torch.Tensor:
     "`model`'s output (logits) on `data` through its architecture's adapter, in eval mode and without gradients"
@@ -242,13 +269,21 @@ def _merge(policy, tr:TransportMap, tb:TransportMap) -> TransportMap:
         return identity_map(tr.shape[0])
     raise ValueError(f"unknown resid_policy {policy!r}: expected one of {RESID_POLICIES} or a weight in [0, 1]")
 
+def _hard(M):
+    "For a square 0/1 matrix with a single 1 in every column (a hard map), the row of that 1 in each column; else None"
+    if M.shape[0] != M.shape[1] or M.shape[0] < 32: return None
+    top, idx = M.max(0)                      # every column's largest entry is 1, and it is the column's only non-zero
+    return idx if bool((top == 1).all()) and int(M.count_nonzero()) == M.shape[1] else None
+
 def _align_in(W, R):
     "Ŵ = W·R along the input axis (axis 1) of a linear (out, in) or conv (out, in, k, k) weight"
-    return torch.einsum('oi...,ij->oj...', W, R)
+    idx = _hard(R)
+    return W[:, idx] if idx is not None else torch.einsum('oi...,ij->oj...', W, R)
 
 def _align_out(W, C):
     "W̃ = Cᵀ·W along the output axis (axis 0)"
-    return torch.einsum('ij,i...->j...', C, W)
+    idx = _hard(C)
+    return W[idx] if idx is not None else torch.einsum('ij,i...->j...', C, W)
 
 def _unit_rows(W):
     W = W.flatten(1)
@@ -263,27 +298,68 @@ def _heads(mod) -> int:
     if cfg is not None and isinstance(getattr(cfg, 'num_attention_heads', None), int): return cfg.num_attention_heads
     raise ValueError(f"cannot tell the number of heads of {type(mod).__name__}")
 
-def _input_gram(xa, xb):
-    "The blocks G_AA, G_AB, G_BB of the Gram matrix of the centred inputs xa (D, m_A), xb (D, m_B), and D"
-    xa, xb = (x.to(torch.float64, copy=True) for x in (xa, xb))   # our own copies, centred in place
-    xa, xb = xa.sub_(xa.mean(0)), xb.sub_(xb.mean(0))
-    G = xa.T @ xa, xa.T @ xb, xb.T @ xb
-    if not all(torch.isfinite(g).all() for g in G): raise ValueError("the recorded inputs have NaN or infinite entries")
+def _work_dtype(*xs) -> torch.dtype:
+    "The dtype of the long (D-point) products: the recorded activations' own, at least float32 (float64 if either side is)"
+    dt = torch.float32
+    for x in xs: dt = torch.promote_types(dt, x.dtype)
+    return dt
+
+def _centred(x, dt):
+    "A new (D, m) tensor: the columns of `x` in dtype `dt`, shifted by the first row, then centred (a constant column is exactly 0)"
+    x = x.to(dt)
+    x = x - x[0]
+    return x.sub_(x.mean(0))
+
+def _check_products(key, *G):
+    if not all(torch.isfinite(g).all() for g in G):
+        raise ValueError(f"the activations recorded for {key} have NaN or infinite entries (or overflow their products in "
+                         f"{'float32: record a float64 model' if G[0].dtype == torch.float32 else 'float64'})")
+
+def _gram(x):
+    "xᵀx of a (D, m) matrix from three of its four (m/2)-blocks: the fourth is the transpose of the second"
+    h = x.shape[1] // 2
+    if h < 64: return x.T @ x
+    x1, x2 = x[:, :h], x[:, h:]
+    g12 = x1.T @ x2
+    return torch.cat([torch.cat([x1.T @ x1, g12], 1), torch.cat([g12.T, x2.T @ x2], 1)], 0)
+
+def _input_gram(xa, xb, key='a layer'):
+    "The blocks G_AA, G_AB, G_BB of the Gram matrix of the centred inputs xa (D, m_A), xb (D, m_B) (in their `_work_dtype`), and D"
+    dt = _work_dtype(xa, xb)
+    xa, xb = _centred(xa, dt), _centred(xb, dt)
+    G = _gram(xa), xa.T @ xb, _gram(xb)
+    _check_products(key, *G)
     return (*G, xa.shape[0])
+
+def _sq_cols(x):
+    "The squared norm of every column of a (D, m) matrix, as a (D-long) vector-matrix product"
+    return torch.ones(x.shape[0], dtype=x.dtype) @ (x * x)
+
+def _output_cost(ya, yb, key='a layer'):
+    "`cost_matrix(standardize(ya), standardize(yb))` for recorded outputs ya (n_A, D), yb (n_B, D), from one product in their dtype"
+    dt = _work_dtype(ya, yb)
+    ca, cb = _centred(ya.T, dt), _centred(yb.T, dt)                 # (D, n): the stored layout, contiguous
+    inner, qa, qb = ca.T @ cb, _sq_cols(ca), _sq_cols(cb)            # qa: D·σ² of every neuron
+    _check_products(key, inner, qa, qb)
+    qa, qb = qa.double().clamp_min(0), qb.double().clamp_min(0)
+    sa, sb = (q.div(ca.shape[0]).sqrt() + 1e-9 for q in (qa, qb))  # σ + 1e-9, as `standardize`
+    return cost_from_gram(qa / sa**2, qb / sb**2, inner.double() / sa[:, None] / sb)
 
 def _cost_via_inputs(gram, wa, wb):
     "The activation cost between the standardised outputs of linear layers with weights wa (n_A, m_A), wb (n_B, m_B), from their inputs' `_input_gram`"
     Gaa, Gab, Gbb, D = gram
-    qa, qb = ((wa @ Gaa) * wa).sum(1).clamp_min(0), ((wb @ Gbb) * wb).sum(1).clamp_min(0)   # D·σ² of every output
-    sa, sb = (q.div(D).sqrt() + 1e-9 for q in (qa, qb))                                     # σ + 1e-9, as `standardize`
-    return cost_from_gram(qa / sa**2, qb / sb**2, (wa / sa[:, None]) @ Gab @ (wb / sb[:, None]).T)
+    wa, wb = wa.to(Gab.dtype), wb.to(Gab.dtype)                      # the Gram matrices' dtype (see the prose)
+    qa, qb = (((w @ G) * w).sum(1).double().clamp_min(0) for w, G in ((wa, Gaa), (wb, Gbb)))   # D·σ² of every output
+    sa, sb = (q.div(D).sqrt() + 1e-9 for q in (qa, qb))                                      # σ + 1e-9, as `standardize`
+    inner = ((wa / sa[:, None].to(wa.dtype)) @ Gab @ (wb / sb[:, None].to(wb.dtype)).T).double()
+    return cost_from_gram(qa / sa**2, qb / sb**2, inner)
 
 @dataclass
 class _Ctx:
     pa: dict; pb: dict; acts_a: dict; acts_b: dict; cost: str; solver: str; reg: float; policy: object
     qk: str; per_head: bool; mods_a: dict; mods_b: dict; given: dict = None; timings: dict = None
     maps: dict = field(default_factory=dict); out: dict = field(default_factory=dict)
-    grams: dict = field(default_factory=dict)
+    grams: dict = field(default_factory=dict); pre: dict = field(default_factory=dict)
 
     def acts(self, side, key):
         "The activations (neurons × samples·tokens) of A's or B's neurons at `key`: recorded, or computed from the recorded inputs"
@@ -297,13 +373,14 @@ class _Ctx:
         ka = f"{key}@in"
         if ka in self.acts_a and ka in self.acts_b:
             ids = (id(self.acts_a[ka]), id(self.acts_b[ka]))   # Q, K and V share their input's tensor, hence its Gram
-            if ids not in self.grams: self.grams[ids] = _input_gram(self.acts_a[ka].T, self.acts_b[ka].T)
+            if ids not in self.grams: self.grams[ids] = _input_gram(self.acts_a[ka].T, self.acts_b[ka].T, key)
             return _cost_via_inputs(self.grams[ids], self.pa[f"{key}.weight"], self.pb[f"{key}.weight"])
-        return cost_matrix(standardize(self.acts('a', key)), standardize(self.acts('b', key)))
+        return _output_cost(self.acts('a', key), self.acts('b', key), key)
 
     def tmap(self, key, Wa=None, Wb=None):
         "The map between A's and B's neurons at `key`: given, from activations, or from (incoming-aligned) weight rows"
         if self.given is not None: return self.given[key]
+        if key in self.pre: return self.pre[key]
         t0 = time.perf_counter()
         C = self.act_cost(key) if self.cost == 'acts' else cost_matrix(_unit_rows(Wa), _unit_rows(Wb))
         _tick(self.timings, 'costs', t0)
@@ -388,6 +465,32 @@ def _tie(c:_Ctx, n:Tie):
 def _keep(c:_Ctx, n:Keep):
     for p in n.paths: c.out[p] = c.pa[p]
 
+def _map_keys(c:_Ctx, graph) -> list:
+    "The keys of the activation maps the walk will ask for, in groups (Q, K and V of one attention together: one Gram matrix)"
+    groups = []
+    for n in graph:
+        if isinstance(n, Lin) and n.out is not None and not n.reuse: groups.append([n.path])
+        elif isinstance(n, Attn) and not c.per_head:
+            nm = dict(zip('qkv', n.names))
+            groups.append([f"{n.path}.{nm[p]}" for p in ('v' if c.qk == 'tied' else 'qkv')])
+        elif isinstance(n, Map): groups.append([n.acts])
+    return groups
+
+def _act_maps(c:_Ctx, graph):
+    "Every activation map the walk needs, computed before it (they depend on the activations only), on torch's threads"
+    def work(keys):
+        out = []
+        for k in keys:
+            t0 = time.perf_counter(); C = c.act_cost(k); t1 = time.perf_counter()
+            out.append((k, plan_map(C, c.solver, c.reg), t1 - t0, time.perf_counter() - t1))
+        return out
+    t0 = time.perf_counter()
+    done = [r for rs in _in_threads([lambda g=g: work(g) for g in _map_keys(c, graph)]) for r in rs]
+    c.pre.update({k: m for k, m, _, _ in done})
+    if c.timings is not None and done:   # the phase's wall time, split in proportion to the threads' cost and solve times
+        wall, tc, ts = time.perf_counter() - t0, sum(r[2] for r in done), sum(r[3] for r in done)
+        for key, t in (('costs', tc), ('solves', ts)): c.timings[key] = c.timings.get(key, 0.0) + wall * t / max(tc + ts, 1e-300)
+
 _RULES = {Lin: _lin, Attn: _attn, Vec: _vec, Merge: _mergenode, Map: _mapnode, Tie: _tie, Keep: _keep}
 
 # %% ../nbs/22_fusion.ipynb #21d0b105
@@ -408,9 +511,13 @@ def _ticked(timings) -> float:
 def _walk(model, anchor, graph, acts_a, acts_b, cost='acts', solver='emd', reg=0.05, policy='mean', qk='separate',
           per_head=False, given=None, timings=None) -> _Ctx:
     "Run the per-node rules over `graph`: the aligned parameters of `model` in `c.out` and the maps in `c.maps`"
-    c = _Ctx(_floats(model), _floats(anchor), acts_a, acts_b, cost, solver, reg, policy, qk, per_head,
+    with _torch_threads(1): pa, pb = _floats(model), _floats(anchor)
+    c = _Ctx(pa, pb, acts_a, acts_b, cost, solver, reg, policy, qk, per_head,
              dict(model.named_modules()), dict(anchor.named_modules()), given, timings)
-    for n in graph: _RULES[type(n)](c, n)
+    if cost == 'acts' and given is None: _act_maps(c, graph)
+    heavy = cost == 'acts' and given is None and (per_head or qk == 'tied')   # maps left to compute from the points
+    with _torch_threads(None if heavy else 1):   # small products: one thread is as fast, and a busy core cannot stall it
+        for n in graph: _RULES[type(n)](c, n)
     return c
 
 def _build(anchor, out:dict):
@@ -431,24 +538,35 @@ def _build(anchor, out:dict):
     new.load_state_dict({k: out[k].to(v.dtype) if k in out else v for k, v in sd.items()})
     return new
 
-def align(model, anchor, calib_data=None, cost:str='acts', solver:str='emd', reg:float=0.05, resid_policy='mean',
-          qk:str='separate', per_head:bool=False, return_maps:bool=False, max_points:int=None, timings:dict=None, _acts_b=None):
-    "`model` re-expressed in `anchor`'s basis (a new model with the anchor's architecture and widths), without averaging"
+def _collect_pair(model, anchor, calib, graph, max_points, acts_b=None):
+    "The activations of `model` and of `anchor` (unless given): recorded side by side on two threads when torch has two or more"
+    rec = lambda m: (lambda: collect_activations(m, calib, graph, max_points=max_points))
+    if acts_b is not None: return rec(model)(), acts_b
+    if model is anchor: acts = rec(model)(); return acts, acts       # one object: its hooks must not run twice at once
+    return tuple(_in_threads([rec(model), rec(anchor)], workers=2))
+
+def _align(model, anchor, calib_data, cost, solver, reg, resid_policy, qk, per_head, max_points, timings, acts_b=None):
+    "`align`, also returning the maps and the anchor's activations (for `fuse` to reuse)"
     _check_opts(cost, solver, reg, qk)
     check_compatible(model, anchor)
     graph = graph_for(anchor)
-    acts_a = acts_b = None
+    acts_a = None
     if cost == 'acts':
         _check_calib(model, calib_data); _check_calib(anchor, calib_data)
         t0 = time.perf_counter()
-        acts_a = collect_activations(model, calib_data, graph, max_points=max_points)
-        acts_b = _acts_b if _acts_b is not None else collect_activations(anchor, calib_data, graph, max_points=max_points)
+        acts_a, acts_b = _collect_pair(model, anchor, calib_data, graph, max_points, acts_b)
         _tick(timings, 'activations', t0)
     t0, ticked = time.perf_counter(), _ticked(timings)
     c = _walk(model, anchor, graph, acts_a, acts_b, cost, solver, reg, resid_policy, qk, per_head, timings=timings)
-    new = _build(anchor, c.out)
+    with _torch_threads(1): new = _build(anchor, c.out)
     if timings is not None: timings['weights'] = timings.get('weights', 0.0) + time.perf_counter() - t0 - (_ticked(timings) - ticked)
-    return (new, c.maps) if return_maps else new
+    return new, c.maps, acts_b
+
+def align(model, anchor, calib_data=None, cost:str='acts', solver:str='emd', reg:float=0.05, resid_policy='mean',
+          qk:str='separate', per_head:bool=False, return_maps:bool=False, max_points:int=None, timings:dict=None):
+    "`model` re-expressed in `anchor`'s basis (a new model with the anchor's architecture and widths), without averaging"
+    new, maps, _ = _align(model, anchor, calib_data, cost, solver, reg, resid_policy, qk, per_head, max_points, timings)
+    return (new, maps) if return_maps else new
 
 # %% ../nbs/22_fusion.ipynb #69ed3625
 def _weights(weights, n):
@@ -481,14 +599,14 @@ def fuse(models, anchor=0, calib_data=None, cost:str='acts', solver:str='emd', r
     if not isinstance(anchor, int) or not 0 <= anchor < len(models):
         raise ValueError(f"anchor must be the index of one of the {len(models)} models, got {anchor!r}")
     w, A = _weights(weights, len(models)), models[anchor]
-    acts_b = None
-    if cost == 'acts' and calib_data is not None:
-        _check_calib(A, calib_data)
-        t0 = time.perf_counter(); acts_b = collect_activations(A, calib_data, graph_for(A), max_points=max_points)
-        _tick(timings, 'activations', t0)
-    aligned = [A if i == anchor else align(m, A, calib_data, cost, solver, reg, resid_policy, qk, per_head,
-                                           max_points=max_points, timings=timings, _acts_b=acts_b) for i, m in enumerate(models)]
-    t0 = time.perf_counter(); out = _average(aligned, w, A); _tick(timings, 'weights', t0)
+    aligned, acts_b = [], None
+    for i, m in enumerate(models):             # the anchor is recorded once, beside the first model aligned to it
+        if i == anchor: aligned.append(A); continue
+        new, _, acts_b = _align(m, A, calib_data, cost, solver, reg, resid_policy, qk, per_head, max_points, timings, acts_b)
+        aligned.append(new)
+    t0 = time.perf_counter()
+    with _torch_threads(1): out = _average(aligned, w, A)
+    _tick(timings, 'weights', t0)
     return out
 
 # %% ../nbs/22_fusion.ipynb #4f2b0a18

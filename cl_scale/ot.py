@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import ot
+from scipy.optimize import linear_sum_assignment
 
 # %% auto #0
 __all__ = ['SOLVERS', 'LOG_DOMAIN_BELOW', 'EMD_NUM_ITER_MAX', 'SINKHORN_NUM_ITER_MAX', 'COSTS', 'standardize', 'cost_matrix',
@@ -177,6 +178,11 @@ def _sinkhorn(a, b, C, reg, n_iter, tol):
     P[ra[:, None] & rb[None, :]] = Ps.reshape(-1)
     return P, method, its
 
+def _uniform_square(a, b) -> bool:
+    "Whether the masses a and b are equal-length and uniform (to rounding): the EMD is then an assignment problem"
+    u = torch.full_like(a, 1.0 / len(a))
+    return len(a) == len(b) and torch.allclose(a, u, rtol=1e-12, atol=0) and torch.allclose(b, u, rtol=1e-12, atol=0)
+
 def ot_plan(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None,
             num_iter_max:int=None, tol:float=1e-7) -> torch.Tensor:
     "The optimal transport plan (n_A, n_B) for cost `C` between masses `a` and `b` (uniform by default), exact or entropic"
@@ -192,7 +198,12 @@ def ot_plan(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None,
     _check_finite(C, 'C')
     a, b = _masses(a, C.shape[0], 'a'), _masses(b, C.shape[1], 'b')
     problems = []
-    if solver == 'emd':
+    if solver == 'emd' and num_iter_max is None and _uniform_square(a, b):
+        rows, cols = linear_sum_assignment(C.numpy())                # an exact plan: 1/n times a permutation
+        P = torch.zeros_like(C)
+        P[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0 / len(a)
+        name = 'EMD (assignment)'
+    elif solver == 'emd':
         n_iter = int(num_iter_max or EMD_NUM_ITER_MAX)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')

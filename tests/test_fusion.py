@@ -87,3 +87,48 @@ def test_fast_costs_compute_the_definition(solver, tol, bert):
     a, b = mk(), mk()
     assert any(k.endswith('@in') for k in collect_activations(a, x, graph_for(a)))     # the shortcuts are taken
     assert_same_fusion(a, b, x, solver, tol)
+
+def float32_pair(seed=5):
+    torch.manual_seed(seed)
+    mk = lambda: ViT(d=32, depth=2, heads=4, mlp=128)                 # float32, as trained models are
+    return mk(), mk(), torch.randn(64, 1, 8, 8)
+
+def test_float32_products_match_float64(monkeypatch):
+    """A float32 model's costs come from float32 products (its activations' dtype). Against float64 products of the same
+    activations, every cost moves by float32 rounding only (< 1e-5 of the largest, measured ~1e-7) and the exact maps and
+    fused parameters are the same."""
+    import cl_scale.fusion as F
+    a, b, x = float32_pair()
+    g = graph_for(b)
+    acts_a, acts_b = (collect_activations(m, x, g) for m in (a, b))
+    assert acts_a['blocks.0.fc1@in'].dtype == torch.float32
+    keys = [n.path for n in g if isinstance(n, Lin) and n.out is not None] + [f"{n.path}.{p}" for n in g if isinstance(n, Attn) for p in n.names]
+    c32 = F._walk(a, b, [], acts_a, acts_b)
+    C32 = {k: c32.act_cost(k) for k in keys}
+    _, m32 = align(a, b, x, return_maps=True); f32 = fuse([a, b], anchor=1, calib_data=x).state_dict()
+    monkeypatch.setattr(F, '_work_dtype', lambda *xs: torch.float64)
+    c64 = F._walk(a, b, [], acts_a, acts_b)
+    for k in keys: torch.testing.assert_close(C32[k], c64.act_cost(k), rtol=0, atol=1e-5)
+    _, m64 = align(a, b, x, return_maps=True); f64 = fuse([a, b], anchor=1, calib_data=x).state_dict()
+    for k in m64: assert torch.equal(m32[k].P, m64[k].P), k
+    for k, v in f64.items(): assert torch.equal(f32[k], v), k
+
+def test_float32_permuted_copy_is_recovered():
+    a, _, x = float32_pair(6)
+    back, maps = align(permuted_copy(a, seed=1), a, x, return_maps=True)
+    assert all(m.is_permutation() for m in maps.values())
+    for k, v in a.state_dict().items(): assert torch.equal(back.state_dict()[k], v), k   # a permutation moves values exactly
+
+def test_threads_do_not_change_the_result():
+    "With two torch threads the models are recorded, and the maps computed, on worker threads of one torch thread each: the same numbers as one thread"
+    a, b, x = float32_pair(7)
+    before = torch.get_num_threads()
+    try:
+        out = {}
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            tm = {}
+            out[t] = fuse([a, b], anchor=1, calib_data=x, timings=tm).state_dict()
+            assert torch.get_num_threads() == t and sorted(tm) == ['activations', 'costs', 'solves', 'weights']
+    finally: torch.set_num_threads(before)
+    for k, v in out[1].items(): assert torch.equal(out[2][k], v), k

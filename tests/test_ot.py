@@ -217,7 +217,7 @@ def test_a_non_finite_plan_is_never_returned(monkeypatch, solver):
     with pytest.raises(ValueError, match='NaN or infinite'):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            ot_plan(_gaussian_cost(8, 3), solver, reg=0.05)
+            ot_plan(_gaussian_cost(8, 3), solver, reg=0.05, num_iter_max=10**5)   # a budget: POT's solver, even when square
 
 def test_non_convergence_warns():
     with pytest.warns(OTConvergenceWarning, match=r'Sinkhorn \(sinkhorn_log, reg=0.001\).*marginal error.*raise num_iter_max or reg'):
@@ -262,3 +262,18 @@ def test_inputs_of_other_types():
 def test_bad_input(call, match):
     C = torch.rand(4, 5, dtype=f64)
     with pytest.raises(ValueError, match=match): call(C)
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), d=st.integers(1, 8), seed=st.integers(0, 2**31 - 1), ties=st.booleans())
+def test_square_uniform_emd_is_the_network_simplex_optimum(n, d, seed, ties):
+    "Equal widths and uniform masses: the assignment solver's plan is 1/n × a permutation, as cheap as POT's network simplex"
+    g = torch.Generator().manual_seed(seed)
+    xa, xb = torch.randn(n, d, generator=g, dtype=f64), torch.randn(n, d, generator=g, dtype=f64)
+    if ties: xa, xb = xa.round(), xb.round()                  # many equal costs: several optimal plans
+    C = cost_matrix(xa, xb)
+    P, warned = _solve(C, 'emd')
+    Q, _ = _solve(C, 'emd', num_iter_max=10**7)               # an explicit budget: POT's network simplex
+    assert not warned and TransportMap(P, "emd").is_permutation()
+    assert (P * C).sum().item() == pytest.approx((Q * C).sum().item(), abs=1e-12)
+    if not ties and d > 1: assert torch.equal(P, Q)         # a unique optimum (almost surely; in 1-D |x - y| ties often)
+    assert torch.equal(ot_plan(C, a=torch.full((n,), 1 / n, dtype=f64)), P)   # uniform masses given explicitly: the same
