@@ -439,9 +439,9 @@ def _response_grid(steps, every:int, P:int=1):
     tc = np.array(sorted({int(t) for a, b in zip(ends[:-1], ends[1:]) for t in range(a, b, every)} | {int(ends[-1])}))
     w = np.diff(tc, append=tc[-1] + 1)                                           # block lengths (steps)
     nt = int(ends[-1]) + 1
-    E = np.repeat(np.eye(len(tc)), w, axis=0)                                    # (nt × blocks) block membership
-    return dict(tc=tc, w=w.astype(float), Wr=_interp(tc.astype(float), nt), Wc=_interp(tc + (w - 1) / 2, nt), blk=np.repeat(np.arange(len(tc)), w),
-                E=np.kron(E, np.eye(P)), wcol=np.repeat(w, P).astype(float))        # the same on the (time × sample) grid
+    return dict(tc=tc, w=w.astype(float), Wr=_interp(tc.astype(float), nt), Wc=_interp(tc + (w - 1) / 2, nt),
+                blk=np.repeat(np.arange(len(tc)), w),                            # the block of every time step
+                wcol=np.repeat(w, P).astype(float))                              # block lengths on the (time × sample) grid
 
 def _responses_coarse(C, D, l1, l2, want_A:bool, want_B:bool, P:int, grid, strict, n_sub:int=None):
     "`_responses` with the first order exact on the full grid and the higher orders from the coarse `grid` (and the first `n_sub` samples), interpolated; `strict`: the (time × time) mask s < t"
@@ -451,14 +451,13 @@ def _responses_coarse(C, D, l1, l2, want_A:bool, want_B:bool, P:int, grid, stric
     dt, ntc = C.dtype, len(tc)
     T = lambda M: torch.as_tensor(M, dtype=dt)
     idx = torch.as_tensor((tc[:, None] * P + np.arange(P)).reshape(-1))
-    E, wcol = T(grid['E']), T(grid['wcol'])                                       # (n × n_c): sums a block's columns
+    wcol, blk = T(grid['wcol']), torch.as_tensor(grid['blk'])
     # rows at the blocks' first steps, columns integrated over each block (C, D are strictly causal / causal in time)
-    blk = torch.as_tensor(grid['blk'])
     bsum = lambda M: torch.zeros(len(idx), ntc, P, dtype=dt).index_add_(1, blk, M[idx].view(len(idx), -1, P)).view(len(idx), -1)
     Cc, Dc = bsum(C), bsum(D)
     # the per-sample diagonals are averaged over each block (product integration): ReLU's φ''(h) z is a narrow bump in
     # time around a zero crossing, which a point sample would catch or miss
-    avg = lambda v: (E.T @ v) / wcol[:, None]
+    avg = lambda v: torch.zeros(ntc, P, v.shape[1], dtype=dt).index_add_(0, blk, v.view(-1, P, v.shape[1])).view(-1, v.shape[1]) / wcol[:, None]
     l1c, l2c = avg(l1[:, :Sr]), avg(l2[:, :Sr])
     EAc, EBc = _responses(Cc, Dc, l1c, l2c, want_A, want_B, P)
     # ⟨Λ1 ⊗ Λ1⟩, the moment the first order needs; only its causal part is used (C, D vanish above the diagonal blocks)
