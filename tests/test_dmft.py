@@ -26,7 +26,9 @@ def test_lazy_closed_form_is_the_iteration(n1, n2, k1, k2, seed, rank, eta):
         for _ in range(k):
             D = D - eta / (sl.stop - sl.start) * K[:, sl] @ D[sl]
             want.append([0.5 * np.mean(D[:n1] ** 2), 0.5 * np.mean(D[n1:] ** 2)])
-    np.testing.assert_allclose(got, np.array(want), rtol=1e-9, atol=1e-12)
+    # rounding only: up to 40 iterated steps against the closed form; hypothesis found a case at 2.8e-9 relative
+    # (an entry of 7e-4 after cancellation), so 1e-9 was tighter than float64 can promise here
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-7, atol=1e-12)
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(2, 8), seed=st.integers(0, 10**6), rank=st.integers(1, 8))
