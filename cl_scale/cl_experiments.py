@@ -1,4 +1,4 @@
-"""The paper's four continual-learning experiments at small scale, as code: each is a sweep, a table of means and standard errors over seeds, a figure, and claims whose verdicts are computed from the table.
+"""The paper's continual-learning experiments at small scale, as code: a learning rate chosen per γ0 on a validation split, the sweeps, one table of runs and one of cells (means, standard errors, learning accuracy, flags), figures, and claims whose criteria are fixed before the run.
 
 Docs: https://cl-scale.github.io/cl_scale/cl_experiments.html.md"""
 
@@ -11,273 +11,537 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-from .sweep import RunSpec, Sweep, ResultStore, run_sweep, summarize
+from .param import Parameterization
+from functools import lru_cache
+from .data import EMBEDDED, StreamConfig, make_stream, dataset_available
+from .sweep import RunSpec, Sweep, RunList, ResultStore, run_sweep
+from .claims import (Claim, Check, make_claim, worst, curve, mean_se, difference, trend, half_rise, crossing,
+                             rise_width, bootstrap, interval, optimum, u_shape, shift, shift_interval, overlap, slope,
+                             sign_of, equivalent, learned, fmt_interval, K_SE)
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'CLSuite', 'run_suite', 'stationary_table', 'width_table', 'gamma_table', 'similarity_table', 'optimum',
-           'transition', 'stable', 'stationary_claims', 'width_claims', 'gamma_claims', 'similarity_claims',
-           'plot_stationary', 'plot_width', 'plot_gamma', 'plot_similarity']
+__all__ = ['FIT_MIN', 'METRICS', 'LAZY_CKA', 'EXPERIMENTS', 'CLSuite', 'lr_table', 'lr_choice', 'select_lrs', 'run_suite',
+           'runs_table', 'summary', 'stationary_claims', 'width_claims', 'gamma_claims', 'similarity_claims',
+           'split_claims', 'lr_claims', 'plot_lr', 'plot_stationary', 'plot_width', 'plot_gamma', 'plot_similarity',
+           'plot_split', 'Experiment']
+
+# %% ../nbs/05_cl_experiments.ipynb #14027ec5
+FIT_MIN = 0.9      # a cell whose mean training accuracy at task ends (FA) is below this is flagged under-fit
+METRICS = ('error', 'CFr', 'CF', 'LA', 'FA', 'AA', 'cka_t1_end', 'cka_init_t1')
 
 # %% ../nbs/05_cl_experiments.ipynb #0b16e819
+@lru_cache(maxsize=None)
+def _task_sizes(items:tuple) -> int:
+    return len(make_stream(StreamConfig(**dict(items)))[0].x_train)
+
+def _task_size(stream:dict) -> int:
+    "Training images of the first task of the stream described by `stream` (StreamConfig fields)"
+    return _task_sizes(tuple(sorted(stream.items())))
+
 @dataclass
 class CLSuite:
-    "Sizes of the four continual-learning experiments (plain data, saved beside the results)"
-    widths: tuple = (64, 256)                    # widths of the γ0 sweeps
+    "Sizes of the continual-learning experiments (plain data, saved beside the results); grids are fixed before any run"
+    datasets: tuple = ('digits',)                # embedded datasets every experiment runs on (CIFAR-10 has its own part)
+    widths: tuple = (64, 256)                    # widths of the γ0 sweeps (stationary, gamma, split)
+    similarity_widths: tuple = (64, 256)         # widths of the similarity experiment
     gamma0s: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
     seeds: tuple = (0, 1, 2)
     similarity: float = 0.5                      # similarity (1 − p) of the stationary, width and gamma experiments
-    similarities: tuple = (0.0, 0.5, 0.75)       # of the similarity experiment
+    similarities: tuple = (0.0, 0.5, 0.9)        # of the similarity experiment
     width_widths: tuple = (64, 256, 1024)        # widths of the NTP-vs-μP experiment
     width_gamma0: float = 1.0                    # μP's fixed γ0 there (= NTP at the base width 64)
-    dataset: str = 'digits'
     n_tasks: int = 5
-    epochs: int = 2
-    depth: int = 3
-    lr: float = 30.0
+    steps: int = 48                              # SGD steps per task (batch 128): epochs = round(steps · 128 / images per task)
+    depth: int = 3                               # hidden layers of the MLPs
+    lrs: tuple = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)   # the η0 grid of the selection
+    lr_seeds: tuple = (0,)                       # seeds of the selection runs
+    lr_tasks: int = 2                            # tasks trained by a selection run
+    val_frac: float = 0.2                        # validation share of the training images (selection only)
+    cifar_widths: tuple = (16, 32)               # ResNet widths on Split-CIFAR10 (only when it is on disk)
+    cifar_depth: int = 6                         # residual blocks
+    cifar_gamma0s: tuple = (0.03, 0.1, 0.3, 1.0, 3.0)
+    data_root: str = None                        # where torchvision datasets are looked for (default $CL_SCALE_DATA or ~/data)
     n_train: int = None                          # optional stratified subsets of the data (small tests)
     n_test: int = None
 
     @classmethod
     def make(cls, quick:bool=True, **kw) -> CLSuite:
         "The quick or the full sizes, with any field overridden by `kw`"
-        full = {} if quick else dict(widths=(64, 256, 1024), gamma0s=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0),
-                                     seeds=(0, 1, 2, 3, 4), similarities=(0.0, 0.25, 0.5, 0.75, 0.9),
-                                     width_widths=(64, 128, 256, 512, 1024, 2048))
+        full = {} if quick else dict(
+            datasets=('digits', 'mnist5k'), widths=(64, 256, 1024), similarity_widths=(64, 256),
+            gamma0s=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0), seeds=(0, 1, 2, 3, 4),
+            similarities=(0.0, 0.25, 0.5, 0.75, 0.9), width_widths=(64, 128, 256, 512, 1024, 2048),
+            steps=100, lrs=(3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0), cifar_widths=(16, 32, 64))
         return cls(**{**full, **kw})
 
-    def base(self) -> RunSpec:
-        return RunSpec(depth=self.depth, similarity=self.similarity,
-                       stream=dict(dataset=self.dataset, kind='permuted', n_tasks=self.n_tasks,
-                                   **{k: v for k, v in (('n_train', self.n_train), ('n_test', self.n_test)) if v is not None}),
-                       train=dict(epochs=self.epochs, lr=self.lr, n_probe=256, n_ntk=0))
+    def _stream(self, dataset:str, kind:str='permuted') -> dict:
+        d = dict(dataset=dataset, kind=kind, n_tasks=self.n_tasks)
+        if kind == 'split': d.update(classes_per_task=2, multihead=True)
+        if self.n_train is not None: d['n_train'] = self.n_train
+        if self.n_test is not None: d['n_test'] = self.n_test
+        if dataset not in EMBEDDED and self.data_root is not None: d['root'] = self.data_root
+        return d
 
-    def sweeps(self) -> dict:
-        "The four experiments' sweeps, by name"
-        b, seeds = self.base(), list(self.seeds)
-        return dict(
-            stationary=Sweep('stationary', dict(joint=[False, True], width=list(self.widths), gamma0=list(self.gamma0s), seed=seeds), b),
-            width=Sweep('width', dict(param=['ntp', 'mup'], width=list(self.width_widths), seed=seeds), replace(b, gamma0=self.width_gamma0)),
-            gamma=Sweep('gamma', dict(width=list(self.widths), gamma0=list(self.gamma0s), seed=seeds), b),
-            similarity=Sweep('similarity', dict(similarity=list(self.similarities), width=list(self.widths),
-                                                gamma0=list(self.gamma0s), seed=seeds), b))
+    def epochs(self, dataset:str, kind:str='permuted') -> int:
+        "Epochs per task that come closest to `steps` SGD steps of 128 on this stream's tasks"
+        return max(1, round(self.steps * 128 / _task_size(self._stream(dataset, kind))))
+
+    def base(self, kind:str='permuted', dataset:str=None) -> RunSpec:
+        "The run every sweep varies: a μP MLP (ResNet for CIFAR-10) on a permuted or split stream"
+        dataset = dataset or self.datasets[0]
+        cifar = dataset == 'cifar10'
+        return RunSpec(depth=self.cifar_depth if cifar else self.depth, arch='resnet' if cifar else 'mlp',
+                       similarity=self.similarity if kind == 'permuted' else None, stream=self._stream(dataset, kind),
+                       train=dict(epochs=self.epochs(dataset, kind), lr=30.0, n_probe=256, n_ntk=0))
+
+    def cifar_available(self) -> bool: return dataset_available('cifar10', self.data_root)
+
+    def sweeps(self, lrs:dict=None) -> dict:
+        "The experiments' runs by name (one `RunList` each, over the datasets), each γ0 at its η0 from `lrs` (None: the base η0)"
+        seeds, g = list(self.seeds), list(self.gamma0s)
+        def per_dataset(name, axes, kind='permuted', **fixed):
+            return RunList(name, [r for d in self.datasets
+                                  for r in Sweep(name, axes, replace(self.base(kind, d), **fixed), lrs).runs()])
+        out = dict(
+            stationary=per_dataset('stationary', dict(joint=[False, True], width=list(self.widths), gamma0=g, seed=seeds)),
+            width=per_dataset('width', dict(param=['ntp', 'mup'], width=list(self.width_widths), seed=seeds), gamma0=self.width_gamma0),
+            gamma=per_dataset('gamma', dict(width=list(self.widths), gamma0=g, seed=seeds)),
+            similarity=per_dataset('similarity', dict(similarity=list(self.similarities), width=list(self.similarity_widths),
+                                                      gamma0=g, seed=seeds)),
+            split=per_dataset('split', dict(width=list(self.widths), gamma0=g, seed=seeds), 'split'))
+        if self.cifar_available():
+            out['cifar'] = RunList('cifar', Sweep('cifar', dict(width=list(self.cifar_widths), gamma0=list(self.cifar_gamma0s),
+                                                               seed=seeds), self.base('split', 'cifar10'), lrs).runs())
+        return out
+
+    def lr_runs(self) -> RunList:
+        "The selection runs: the first `lr_tasks` tasks on their validation split, at every η0 of `lrs`, for every (lr_key, width) used"
+        cells = {}
+        for sw in self.sweeps().values():
+            for r in sw.runs(): cells.setdefault((r.lr_key(), r.width), r)
+        specs = [RunSpec(width=r.width, gamma0=r.gamma0, param=r.param, depth=r.depth, act=r.act, arch=r.arch, seed=s,
+                         similarity=r.similarity,
+                         stream={**r.stream, 'n_tasks': min(self.lr_tasks, self.n_tasks), 'val_frac': self.val_frac},
+                         train={**r.train, 'lr': float(lr), 'n_probe': 0, 'n_ntk': 0})
+                 for r in cells.values() for lr in self.lrs for s in self.lr_seeds]
+        return RunList('lr', specs)
 
     def n_runs(self) -> int:
-        "Distinct runs over all four experiments"
+        "Distinct runs over all experiments, not counting the selection runs"
         return len({r.run_id for s in self.sweeps().values() for r in s.runs()})
 
-# %% ../nbs/05_cl_experiments.ipynb #8d991d6f
-def run_suite(suite:CLSuite, store, executor=None, workers:int=None, batch='auto', progress:bool=True, only=None) -> dict:
-    "Run the suite's sweeps (or those named in `only`) into `store`; returns {name: DataFrame of its runs}"
+# %% ../nbs/05_cl_experiments.ipynb #952e58c7
+def _lr_key(row) -> str:
+    "`RunSpec.lr_key` of a row of `ResultStore.df`"
+    sim = row.get('similarity')
+    p = {'p': row['stream.p']} if pd.notna(row.get('stream.p', np.nan)) else {}
+    return RunSpec(width=int(row['width']), gamma0=row['gamma0'], param=row['param'], depth=int(row['depth']), arch=row['arch'],
+                   similarity=None if sim is None or pd.isna(sim) else float(sim),
+                   stream={'dataset': row['stream.dataset'], 'kind': row['stream.kind'], **p}).lr_key()
+
+def lr_table(df:pd.DataFrame) -> pd.DataFrame:
+    "Per lr_key and η0: mean validation accuracy, runs, diverged runs, and the chosen η0 (best accuracy below the first divergence)"
+    if not len(df): raise ValueError("no selection runs: run `select_lrs` first")
+    d = df.assign(key=[_lr_key(r) for _, r in df.iterrows()], lr=df['train.lr'].astype(float),
+                  bad=df.diverged.fillna(True).astype(bool) | ~np.isfinite(df.LA.astype(float)))
+    rows = []
+    for key, g in d.groupby('key'):
+        per = (g.groupby('lr').apply(lambda x: pd.Series(dict(acc=x.LA[~x.bad].mean(), acc_min=x.LA[~x.bad].min(),
+                                                               n=len(x), n_diverged=int(x.bad.sum()))), include_groups=False)
+               .reset_index().sort_values('lr'))
+        unstable = np.flatnonzero(per.n_diverged.values > 0)
+        stop = unstable[0] if len(unstable) else len(per)
+        ok = per.iloc[:stop]
+        if len(ok): pick = ok.lr.values[len(ok) - 1 - int(np.argmax(ok.acc.values[::-1]))]   # best; ties → the larger η0
+        else: pick = per.lr.values[0]
+        note = ('no stable η0 on the grid' if not len(ok) else 'at the bottom of the grid' if pick == per.lr.min()
+                else 'at the top of the grid' if pick == per.lr.max() else '')
+        dataset, kind, sim, arch, param, g0 = key.split('/')
+        for _, r in per.iterrows():
+            rows.append(dict(key=key, dataset=dataset, kind=kind, similarity=float(sim[1:]) if sim != 's-' else np.nan,
+                             arch=arch, param=param, gamma0_eff=g0, lr=r.lr, acc=r.acc,
+                             acc_min=r.acc_min, n=int(r.n), n_diverged=int(r.n_diverged), chosen=bool(r.lr == pick),
+                             note=note if r.lr == pick else ''))
+    return pd.DataFrame(rows)
+
+def lr_choice(table:pd.DataFrame) -> dict:
+    "The chosen η0 per lr_key, as `CLSuite.sweeps(lrs=...)` takes it"
+    return {r.key: float(r.lr) for r in table[table.chosen.astype(bool)].itertuples()}
+
+# %% ../nbs/05_cl_experiments.ipynb #de797a1c
+def select_lrs(suite:CLSuite, store, executor=None, workers:int=None, batch='auto', progress:bool=True) -> pd.DataFrame:
+    "Run the learning-rate selection of `suite` into `store` (skipping finished runs) and return `lr_table` of it"
     store = store if isinstance(store, ResultStore) else ResultStore(store)
-    sweeps = {k: v for k, v in suite.sweeps().items() if only is None or k in only}
+    return lr_table(run_sweep(suite.lr_runs(), store, executor=executor, workers=workers, batch=batch, progress=progress))
+
+def run_suite(suite:CLSuite, store, executor=None, workers:int=None, batch='auto', progress:bool=True, only=None) -> dict:
+    "Select the learning rates, then run the suite's sweeps (or those named in `only`) into `store`; {name: DataFrame of its runs}"
+    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    lrs = lr_choice(select_lrs(suite, store, executor, workers, batch, progress))
+    sweeps = {k: v for k, v in suite.sweeps(lrs).items() if only is None or k in only}
     return {k: run_sweep(s, store, executor=executor, workers=workers, batch=batch, progress=progress) for k, s in sweeps.items()}
 
-# %% ../nbs/05_cl_experiments.ipynb #134ceec0
-def stationary_table(df:pd.DataFrame) -> pd.DataFrame:
-    "Average test error (1 − AA) against γ0 and width, for the pooled (stationary) and the continual runs"
-    d = df.assign(error=1 - df.AA, setting=np.where(df.joint, 'stationary', 'continual'))
-    return summarize(d, ['setting', 'width', 'gamma0'], 'error')
+# %% ../nbs/05_cl_experiments.ipynb #3d6add6d
+def runs_table(df:pd.DataFrame) -> pd.DataFrame:
+    "One row per run: axes, seed, η0, chance accuracy, divergence and the metrics (NaN where a run has none)"
+    if not len(df): raise ValueError("no runs in the table")
+    kind, mh = df['stream.kind'], df.get('stream.multihead', pd.Series(True, index=df.index)).fillna(True).astype(bool)
+    cpt = df.get('stream.classes_per_task', pd.Series(2, index=df.index)).fillna(2).astype(float)
+    t = pd.DataFrame(dict(
+        dataset=df['stream.dataset'], kind=kind, arch=df.get('arch', 'mlp'), setting=np.where(df.joint.astype(bool), 'stationary', 'continual'),
+        param=df.param, width=df.width.astype(int), gamma0=df.gamma0.astype(float),
+        gamma0_eff=[Parameterization(p, g).gamma0_eff(int(w)) for p, g, w in zip(df.param, df.gamma0, df.width)],
+        similarity=df.similarity.astype(float), seed=df.seed.astype(int), lr=df['train.lr'].astype(float),
+        chance=np.where((kind == 'split') & mh, 1 / cpt, 0.1), diverged=df.diverged.fillna(True).astype(bool)))
+    d = df.assign(error=1 - df.AA.astype(float))
+    for m in METRICS: t[m] = d[m].astype(float) if m in d.columns else np.nan
+    return t.sort_values(['dataset', 'setting', 'param', 'similarity', 'width', 'gamma0', 'seed']).reset_index(drop=True)
 
-def width_table(df:pd.DataFrame) -> pd.DataFrame:
-    "Forgetting rate CFr and the final average error against width, for NTP and μP"
-    d = df.assign(error=1 - df.AA)
-    t = summarize(d, ['param', 'width'], ['CFr', 'error'])
-    gam = df.groupby(['param', 'width']).gamma0.first().values
-    t.insert(2, 'gamma0_eff', [math.sqrt(64 / w) if p == 'ntp' else g for p, w, g in zip(t.param, t.width, gam)])
-    return t
-
-def gamma_table(df:pd.DataFrame) -> pd.DataFrame:
-    "CFr, learning accuracy, average error and feature change (CKA distance, task 1 → end) against γ0 and width"
-    d = df.assign(error=1 - df.AA)
-    return summarize(d, ['width', 'gamma0'], ['CFr', 'LA', 'error', 'cka_t1_end'])
-
-def similarity_table(df:pd.DataFrame) -> pd.DataFrame:
-    "Average error and CFr against γ0, per task similarity and width"
-    d = df.assign(error=1 - df.AA)
-    return summarize(d, ['similarity', 'width', 'gamma0'], ['error', 'CFr'])
-
-# %% ../nbs/05_cl_experiments.ipynb #045f059c
-def optimum(g, err) -> float:
-    "The grid γ0 with the lowest (finite) mean error"
-    g, err = np.asarray(g, float), np.asarray(err, float)
-    if not np.isfinite(err).any(): return math.nan
-    return float(g[np.nanargmin(err)])
-
-def transition(g, cfr) -> float:
-    "γ0 at which CFr first reaches halfway from its lazy-end value to its maximum (log-linear interpolation)"
-    g, c = np.asarray(g, float), np.asarray(cfr, float)
-    o = np.argsort(g); g, c = g[o], c[o]
-    ok = np.isfinite(c); g, c = g[ok], c[ok]
-    if len(c) < 2 or c.max() <= c[0]: return math.nan
-    half = c[0] + 0.5 * (c.max() - c[0])
-    i = int(np.argmax(c >= half))
-    if i == 0: return float(g[0])
-    f = (half - c[i - 1]) / (c[i] - c[i - 1])
-    return float(np.exp(np.log(g[i - 1]) + f * (np.log(g[i]) - np.log(g[i - 1]))))
-
-# %% ../nbs/05_cl_experiments.ipynb #82ece530
-def _claim(statement, measured, agrees) -> dict: return dict(statement=statement, measured=measured, agrees=bool(agrees))
-
-def stable(t:pd.DataFrame, n_col:str='n') -> pd.DataFrame:
-    "The rows of a table where every seed finished (count `n_col` at its maximum): SGD at this η0 was stable there"
-    n = t[n_col].fillna(0)
-    return t[n == n.max()]
-
-def _excluded(t, n_col, by=('width', 'gamma0')) -> str:
-    bad = t[t[n_col].fillna(0) < t[n_col].max()]
-    if not len(bad): return ''
-    return ' (left out, a seed diverged: ' + ', '.join(
-        '/'.join(f"{k}={r[k]:g}" if not isinstance(r[k], str) else f"{r[k]}" for k in by) for _, r in bad.iterrows()) + ')'
-
-def _curve(t, value, **sel):
-    m = np.ones(len(t), bool)
-    for k, v in sel.items(): m &= (t[k] == v).values
-    s = t[m].sort_values('gamma0')
-    return s.gamma0.values, s[value].values
-
-def stationary_claims(t:pd.DataFrame) -> list:
-    "Fig. 1a–b: the stationary error falls with γ0 and width; the continual average error is U-shaped in γ0"
-    excl = _excluded(t, 'n', ('setting', 'width', 'gamma0'))
-    t = stable(t)
-    widths, out = sorted(t.width.unique()), []
-    st = {w: _curve(t, 'mean', setting='stationary', width=w) for w in widths}
-    falls = {w: (e[-1] < e[0]) for w, (g, e) in st.items()}
-    out.append(_claim("Stationary training: more feature learning helps — pooled test error at the largest stable γ0 is below "
-                      "that at the smallest, at every width",
-                      '; '.join(f"N={w}: {e[0]:.3f} at γ0={g[0]:g} → {e[-1]:.3f} at γ0={g[-1]:g}" for w, (g, e) in st.items()) + excl,
-                      all(falls.values())))
-    best = {w: np.nanmin(e) for w, (g, e) in st.items()}
-    out.append(_claim("Stationary training: width helps — the best pooled test error over γ0 is lower at the largest width "
-                      "than at the smallest", f"N={widths[0]}: {best[widths[0]]:.3f}; N={widths[-1]}: {best[widths[-1]]:.3f}",
-                      best[widths[-1]] < best[widths[0]]))
-    cl = {w: _curve(t, 'mean', setting='continual', width=w) for w in widths}
-    opt = {w: optimum(g, e) for w, (g, e) in cl.items()}
-    out.append(_claim("Continual training: the average error is U-shaped in γ0 — its minimum lies strictly inside the stable γ0 range, "
-                      "at every width", '; '.join(f"N={w}: γ0*={o:g} in [{cl[w][0][0]:g}, {cl[w][0][-1]:g}]" for w, o in opt.items()),
-                      all(cl[w][0][0] < o < cl[w][0][-1] for w, o in opt.items())))
+def summary(runs:pd.DataFrame, by:list) -> pd.DataFrame:
+    "Cells of `runs` (grouped by `by`): mean, standard error, count of every metric over non-diverged runs; runs, diverged, η0, learned, flag"
+    by = list(by)
+    ok = runs[~runs.diverged.astype(bool)]
+    g0 = runs.groupby(by, dropna=False)
+    out = pd.DataFrame(dict(n_runs=g0.size(), n_diverged=g0.diverged.sum().astype(int), lr=g0.lr.first(), chance=g0.chance.first()))
+    for m in METRICS:
+        g = ok.groupby(by, dropna=False)[m]
+        out = out.join(pd.DataFrame({f'{m}_mean': g.mean(), f'{m}_sem': g.sem(ddof=1), f'{m}_n': g.count()}), how='left')
+    out = out.reset_index()
+    out['learned'] = [bool(math.isfinite(la) and learned(la, c)) for la, c in zip(out.LA_mean, out.chance)]
+    def flag(r):
+        if r.n_diverged == r.n_runs: return 'all diverged'
+        f = [] if r.learned else ['not learned']
+        if r.learned and r.FA_mean < FIT_MIN: f.append(f'under-fit (FA {r.FA_mean:.2f})')
+        if r.n_diverged: f.append(f'{r.n_diverged} of {r.n_runs} diverged')
+        return ', '.join(f)
+    out['flag'] = [flag(r) for r in out.itertuples()]
     return out
 
-def width_claims(t:pd.DataFrame) -> list:
-    "Fig. 2: NTP forgets less as width grows; μP (fixed γ0) stays flat"
-    cur = {p: t[t.param == p].sort_values('width') for p in ('ntp', 'mup')}
-    d = {p: float(c.CFr_mean.values[-1] - c.CFr_mean.values[0]) for p, c in cur.items()}
-    ws = cur['ntp'].width.values
-    fmt = lambda c: ', '.join(f"{v:.3f}" for v in c.CFr_mean.values)
-    rho = float(pd.Series(cur['ntp'].CFr_mean.values).corr(pd.Series(np.log(ws)), method='spearman'))
+# %% ../nbs/05_cl_experiments.ipynb #67637e8d
+def _label(d, w=None, **kw) -> str:
+    return ' '.join([str(d)] + ([f"N={w}"] if w is not None else []) + [f"{k}={v:g}" for k, v in kw.items()])
+
+def _masked(runs:pd.DataFrame, by:list, strict:bool=True) -> tuple:
+    "(runs with every run of an untrained cell marked as left out, a note naming those cells by reason)"
+    s = summary(runs, by)
+    live = s.n_diverged < s.n_runs                                   # all-diverged cells are out of every mean anyway
+    why = {'not learned': live & ~s.learned}
+    if strict:
+        why['a run diverged'] = live & s.learned & (s.n_diverged > 0)
+        why['under-fit'] = live & s.learned & (s.n_diverged == 0) & (s.FA_mean < FIT_MIN)
+    bad = np.logical_or.reduce(list(why.values()))
+    keys = {tuple(r[c] for c in by) for _, r in s[bad].iterrows()}
+    out = runs.copy()
+    out['diverged'] = out.diverged.astype(bool) | np.array([tuple(r) in keys for r in out[by].itertuples(index=False)], bool)
+    cell = lambda r: '/'.join(f"{c}={r[c]:g}" if isinstance(r[c], (int, float, np.number)) else str(r[c]) for c in by)
+    notes = [f"{int(runs.diverged.sum())} diverged run(s) left out"] if runs.diverged.sum() else []
+    for k, m in why.items():
+        if not m.any(): continue
+        cells = [cell(r) for _, r in s[m].iterrows()]
+        notes.append(f"{k}, left out: " + ', '.join(cells[:6]) + (f", … {len(cells) - 6} more (the `flag` column)" if len(cells) > 6 else ''))
+    return out, '; '.join(notes)
+
+def _cells(runs, *cols) -> list:
+    "The distinct combinations of `cols` present in `runs`, sorted"
+    return sorted({tuple(r) for r in runs[list(cols)].itertuples(index=False)})
+
+def _optimum_interval(xs, Y) -> tuple: return interval(bootstrap(lambda m: optimum(xs, m), Y))
+
+def _transfer(r, value='error', **where) -> Check:
+    "Do the bootstrap intervals of γ0* (argmin of `value`) overlap across the widths present under `where`?"
+    for k, v in where.items(): r = r[r[k] == v]
+    return overlap({f"N={w}": _optimum_interval(*curve(r, 'gamma0', value, width=w)) for (w,) in _cells(r, 'width')})
+
+# %% ../nbs/05_cl_experiments.ipynb #399f8a54
+def stationary_claims(runs:pd.DataFrame, strict:bool=True) -> list:
+    "Fig. 1a–b: stationary error falls with γ0 and width; the continual average error is U-shaped in γ0; γ0* transfers across widths"
+    r, note = _masked(runs, ['dataset', 'setting', 'width', 'gamma0'], strict)
+    cells = _cells(r, 'dataset', 'width')
+    lab = [_label(d, w) for d, w in cells]
+    st = [trend(*curve(r, 'gamma0', 'error', dataset=d, setting='stationary', width=w), sign=-1) for d, w in cells]
+    best = []
+    for (d,) in _cells(r, 'dataset'):
+        ws = sorted({w for dd, w in cells if dd == d})
+        b = {}
+        for w in (ws[0], ws[-1]):
+            xs, Y = curve(r, 'gamma0', 'error', dataset=d, setting='stationary', width=w)
+            m, se, _ = mean_se(Y); i = int(np.nanargmin(m)) if np.isfinite(m).any() else 0; b[w] = (m[i], se[i], xs[i])
+        (m0, s0, g0), (m1, s1, g1) = b[ws[0]], b[ws[-1]]
+        best.append(Check(difference(m0, s0, m1, s1, sign=-1),
+                          f"best error N={ws[0]}: {m0:.3f} ± {s0:.3f} (γ0={g0:g}); N={ws[-1]}: {m1:.3f} ± {s1:.3f} (γ0={g1:g})"))
+    u = [u_shape(*curve(r, 'gamma0', 'error', dataset=d, setting='continual', width=w)) for d, w in cells]
+    tr = [_transfer(r[r.setting == 'continual'], dataset=d) for (d,) in _cells(r, 'dataset')]
     return [
-        _claim(f"NTP forgets less as width grows: CFr falls from N={ws[0]} to N={ws[-1]} and its rank correlation with width is negative",
-               f"CFr {fmt(cur['ntp'])} at N={list(map(int, ws))}; Spearman ρ={rho:+.2f}", d['ntp'] < 0 and rho < 0),
-        _claim("μP at fixed γ0 stays flat: CFr changes across widths by less than half as much as NTP's does",
-               f"μP CFr {fmt(cur['mup'])}; change μP {d['mup']:+.3f} vs NTP {d['ntp']:+.3f}",
-               abs(d['mup']) < 0.5 * abs(d['ntp'])),
-    ]
+        make_claim("Stationary training: more feature learning helps — the pooled test error falls as γ0 grows (Fig. 1a)",
+                   f"At every width: over the whole γ0 grid no pair of points goes up by more than {K_SE:g} SE, and the error at "
+                   f"the largest γ0 is below the error at the smallest by more than {K_SE:g} SE", st, lab, note),
+        make_claim("Stationary training: width helps — the widest network reaches a lower pooled error (Fig. 1a)",
+                   f"The best (over γ0) mean pooled error of the widest network is below the narrowest's by more than {K_SE:g} SE "
+                   f"(above by more than {K_SE:g} SE: disagrees)", best, [d for (d,) in _cells(r, 'dataset')], note),
+        make_claim("Continual training: the final average error is U-shaped in γ0, best at an intermediate γ0 (Fig. 1b)",
+                   f"At every width: the grid minimum γ0* lies strictly inside the grid and both ends are worse than it by more "
+                   f"than {K_SE:g} SE (agrees); the bootstrap interval of γ0* is one end of the grid (disagrees)", u, lab, note),
+        make_claim("The optimal γ0 of continual training transfers across widths (abstract)",
+                   "The 95 % bootstrap intervals of γ0* (seeds resampled) share a point across the widths, each spanning at most "
+                   "one decade (agrees); two of them are disjoint (disagrees)", tr, [d for (d,) in _cells(r, 'dataset')], note)]
 
-def gamma_claims(t:pd.DataFrame) -> list:
-    "The lazy→rich transition: CFr and feature change rise with γ0; report γ0^LRT per width"
-    excl = _excluded(t, 'CFr_n')
-    t = stable(t, 'CFr_n')
-    out, widths = [], sorted(t.width.unique())
-    cfr = {w: _curve(t, 'CFr_mean', width=w) for w in widths}
-    cka = {w: _curve(t, 'cka_t1_end_mean', width=w) for w in widths}
-    out.append(_claim("More feature learning, more forgetting: CFr at the largest stable γ0 exceeds CFr at the smallest, at every width",
-                      '; '.join(f"N={w}: {c[0]:.3f} at γ0={g[0]:g} → {c[-1]:.3f} at γ0={g[-1]:g}" for w, (g, c) in cfr.items()) + excl,
-                      all(c[-1] > c[0] for g, c in cfr.values())))
-    out.append(_claim("Features stay put in the lazy regime and move in the rich one: CKA distance (task 1 → end) at the largest "
-                      "stable γ0 is more than 10× that at the smallest, at every width",
-                      '; '.join(f"N={w}: {c[0]:.2g} → {c[-1]:.2g}" for w, (g, c) in cka.items()),
-                      all(c[-1] > 10 * c[0] for g, c in cka.values())))
-    lrt = {w: transition(g, c) for w, (g, c) in cfr.items()}
-    out.append(_claim("The transition is sharp: CFr makes half its rise within one factor-of-10 step of γ0 around γ0^LRT "
-                      "(CFr at 3·γ0^LRT minus CFr at γ0^LRT/3 is at least half the total rise), at every width",
-                      '; '.join(f"N={w}: γ0^LRT={v:.3g}" for w, v in lrt.items()),
-                      all(_sharp(g, c, lrt[w]) for w, (g, c) in cfr.items())))
-    return out
-
-def _sharp(g, c, x):
-    if not math.isfinite(x): return False
-    lg = np.log(np.asarray(g, float)); f = lambda v: np.interp(np.log(v), lg, c)
-    return f(3 * x) - f(x / 3) >= 0.5 * (np.nanmax(c) - c[0])
-
-def similarity_claims(t:pd.DataFrame) -> list:
-    "γ0* and γ0^LRT move to larger γ0 as tasks get more similar; γ0* is the same across widths"
-    excl = _excluded(t, 'error_n', ('similarity', 'width', 'gamma0'))
-    t = stable(t, 'error_n')
-    sims, widths = sorted(t.similarity.unique()), sorted(t.width.unique())
-    g0s = sorted(t.gamma0.unique())
-    opt = {(s, w): optimum(*_curve(t, 'error_mean', similarity=s, width=w)) for s in sims for w in widths}
-    lrt = {(s, w): transition(*_curve(t, 'CFr_mean', similarity=s, width=w)) for s in sims for w in widths}
-    mono = lambda d, w: all(d[(a, w)] <= d[(b, w)] for a, b in zip(sims, sims[1:]))
-    step = lambda a, b: abs(g0s.index(a) - g0s.index(b)) if a in g0s and b in g0s else 99
-    fmt = lambda d: '; '.join(f"N={w}: " + ', '.join(f"{d[(s, w)]:.3g}" for s in sims) for w in widths)
+# %% ../nbs/05_cl_experiments.ipynb #cb5f0881
+def width_claims(runs:pd.DataFrame, strict:bool=True) -> list:
+    "Fig. 2: NTP forgets less as width grows (slope of CFr per doubling below 0); μP at fixed γ0 stays flat relative to NTP"
+    r, note = _masked(runs, ['dataset', 'param', 'width'], strict)
+    ntp, mup, ds = [], [], [d for (d,) in _cells(r, 'dataset')]
+    for d in ds:
+        xn, Yn = curve(r, 'width', 'CFr', dataset=d, param='ntp'); sn, ivn = slope(xn, Yn)
+        xm, Ym = curve(r, 'width', 'CFr', dataset=d, param='mup'); sm, ivm = slope(xm, Ym)
+        fmt = lambda Y: ', '.join(f"{v:.3f}" for v in mean_se(Y)[0])
+        c = sign_of(sn, ivn, -1, 'NTP CFr per doubling')
+        ntp.append(Check(c.verdict, f"{c.measured} (CFr {fmt(Yn)} at N={[int(x) for x in xn]})", c.interval))
+        e = equivalent(sm, ivm, 0.5 * abs(sn), 'μP CFr per doubling')
+        mup.append(Check(e.verdict, f"{e.measured} (CFr {fmt(Ym)})", e.interval))
     return [
-        _claim(f"The optimal γ0* does not decrease as similarity grows ({', '.join(map(str, sims))}), at every width",
-               f"γ0* by similarity: {fmt(opt)}" + excl, all(mono(opt, w) for w in widths)),
-        _claim("The lazy→rich transition γ0^LRT does not decrease as similarity grows, at every width",
-               f"γ0^LRT by similarity: {fmt(lrt)}", all(mono(lrt, w) for w in widths if all(math.isfinite(lrt[(s, w)]) for s in sims))
-               and any(all(math.isfinite(lrt[(s, w)]) for s in sims) for w in widths)),
-        _claim("γ0* transfers across widths: at every similarity the optimal γ0 of every width lies within one grid step of "
-               "that of the smallest width", f"γ0* by similarity: {fmt(opt)}",
-               all(step(opt[(s, w)], opt[(s, widths[0])]) <= 1 for s in sims for w in widths)),
-    ]
+        make_claim("NTP forgets less as width grows: a wider NTP network is lazier (γ0,eff = √(64/N)) (Fig. 2)",
+                   "The least-squares slope of CFr against log2(width), with its 95 % bootstrap interval over seeds, lies below 0 "
+                   "(agrees) or above 0 (disagrees)", ntp, ds, note),
+        make_claim("μP at a fixed γ0 forgets about equally at every width (Fig. 2)",
+                   "The 95 % interval of μP's slope (CFr per doubling) lies within ± half of NTP's measured slope (agrees), or "
+                   "entirely outside it (disagrees)", mup, ds, note)]
 
-# %% ../nbs/05_cl_experiments.ipynb #83d26d47
-def _eb(ax, x, m, s, **kw): ax.errorbar(x, m, yerr=s, marker='o', ms=4, capsize=2, **kw)
+# %% ../nbs/05_cl_experiments.ipynb #b47575c7
+LAZY_CKA = 0.01    # "features do not move": CKA distance (task 1 → end) below this at the lazy end of the grid
 
-def plot_stationary(t:pd.DataFrame):
-    "Test error vs γ0 for each width: stationary (pooled tasks) and continual (average error after the last task)"
-    fig, axs = plt.subplots(1, 2, figsize=(9, 3.3), sharey=False)
-    for ax, setting in zip(axs, ('stationary', 'continual')):
-        for w in sorted(t.width.unique()):
-            s = t[(t.setting == setting) & (t.width == w)].sort_values('gamma0')
-            _eb(ax, s.gamma0, s['mean'], s['sem'], label=f"N={w}")
-        ax.set(xscale='log', xlabel='γ0', ylabel='test error' if setting == 'stationary' else 'average error AE',
-               title=f"{setting}"); ax.legend(fontsize=8)
+def gamma_claims(runs:pd.DataFrame, strict:bool=True) -> list:
+    "Fig. 1c: CFr and learning accuracy rise with γ0; features stay put when lazy and move together with the forgetting; the transition is sharp"
+    r, note = _masked(runs, ['dataset', 'width', 'gamma0'], strict)
+    cells = _cells(r, 'dataset', 'width'); lab = [_label(d, w) for d, w in cells]
+    cfr, la, feat, coloc, sharp = [], [], [], [], []
+    for d, w in cells:
+        xs, Yc = curve(r, 'gamma0', 'CFr', dataset=d, width=w)
+        _, Yl = curve(r, 'gamma0', 'LA', dataset=d, width=w)
+        _, Yk = curve(r, 'gamma0', 'cka_t1_end', dataset=d, width=w)
+        t = trend(xs, Yc, +1); cfr.append(t); la.append(trend(xs, Yl, +1))
+        mk, sk, _ = mean_se(Yk); i0 = int(np.flatnonzero(np.isfinite(mk))[0]) if np.isfinite(mk).any() else 0
+        v0 = ('agrees' if mk[i0] + K_SE * np.nan_to_num(sk[i0], nan=np.inf) < LAZY_CKA else
+              'disagrees' if mk[i0] - K_SE * np.nan_to_num(sk[i0], nan=np.inf) > LAZY_CKA else 'inconclusive')
+        tk = trend(xs, Yk, +1)
+        feat.append(Check(worst([v0, tk.verdict]), f"lazy end {mk[i0]:.2g} ± {sk[i0]:.1g} at γ0={xs[i0]:g}; {tk.measured}"))
+        ivc, ivk = (interval(bootstrap(lambda m: half_rise(xs, m), Y)) for Y in (Yc, Yk))
+        coloc.append(overlap({'CFr half-rise': ivc, 'CKA half-rise': ivk}))
+        mc = mean_se(Yc)[0]
+        rw, ivw = rise_width(xs, mc), interval(bootstrap(lambda m: rise_width(xs, m), Yc))
+        v = ('inconclusive' if t.verdict != 'agrees' or not math.isfinite(ivw[1]) else
+             'agrees' if ivw[1] <= 1 else 'disagrees' if ivw[0] > 1 else 'inconclusive')
+        sharp.append(Check(v, f"γ0^LRT (half-rise) {half_rise(xs, mc):.3g} {fmt_interval(ivc)}, zero crossing "
+                              f"{crossing(xs, mc):.3g}; 20→80 % of the rise over {rw:.2f} decades", f"{fmt_interval(ivw, 2)} decades"))
+    return [
+        make_claim("More feature learning, more forgetting: CFr rises with γ0 (Fig. 1c)",
+                   f"At every width: no pair of γ0 points goes down by more than {K_SE:g} SE and CFr at the largest γ0 exceeds CFr "
+                   f"at the smallest by more than {K_SE:g} SE", cfr, lab, note),
+        make_claim("More feature learning, more plasticity: the learning accuracy LA rises with γ0 (spec §6, E4)",
+                   "At every width: the same trend test on LA", la, lab, note),
+        make_claim("Features stay put in the lazy regime and move in the rich one",
+                   f"At every width: the CKA distance of the probe features (end of task 1 → end of the stream) at the lazy end of "
+                   f"the grid is below {LAZY_CKA:g} by more than {K_SE:g} SE, and it rises with γ0 by the trend test", feat, lab, note),
+        make_claim("Features and forgetting change together: the feature change and CFr make their transitions at the same γ0",
+                   "At every width: the 95 % bootstrap intervals of the half-rise points of CKA distance and of CFr share a point, "
+                   "each spanning at most one decade (agrees); disjoint intervals disagree", coloc, lab, note),
+        make_claim("The lazy→rich transition is sharp",
+                   "At every width where CFr rises (trend test): the 20 %→80 % part of the rise spans at most one decade of γ0 "
+                   "(its 95 % bootstrap interval below one decade agrees, above it disagrees); the half-rise point γ0^LRT and "
+                   "the zero crossing are reported", sharp, lab, note)]
+
+# %% ../nbs/05_cl_experiments.ipynb #e6fa2536
+def _moves_right(stat, Ys:list, sims:list) -> Check:
+    "Does `stat` move to larger γ0 from the lowest to the highest similarity, with no significant move left between neighbours?"
+    main = shift(stat, Ys[0], Ys[-1], label=(f"s={sims[0]:g}", f"s={sims[-1]:g}"))
+    pts = ', '.join(f"{stat(mean_se(Y)[0]):.3g}" for Y in Ys)
+    sl = '[' + ', '.join(f"{x:g}" for x in sims) + ']'
+    for a, b, Ya, Yb in zip(sims, sims[1:], Ys, Ys[1:]):
+        xa, xb, (lo, hi) = shift_interval(stat, Ya, Yb)
+        if math.isfinite(hi) and hi < 0:
+            return Check('disagrees', f"{pts} at similarity {sl}; s={a:g} → {b:g} moves left ({xa:.3g} → {xb:.3g})", main.interval)
+    return Check(main.verdict, f"{pts} at similarity {sl}", main.interval)
+
+def similarity_claims(runs:pd.DataFrame, strict:bool=True) -> list:
+    "§4: γ0* and γ0^LRT move to larger γ0 as tasks get more similar; γ0* transfers across widths at every similarity"
+    r, note = _masked(runs, ['dataset', 'similarity', 'width', 'gamma0'], strict)
+    sims = sorted(r.similarity.unique())
+    cells = _cells(r, 'dataset', 'width'); lab = [_label(d, w) for d, w in cells]
+    opt, lrt = [], []
+    for d, w in cells:
+        xs = curve(r, 'gamma0', 'error', dataset=d, width=w, similarity=sims[0])[0]
+        Ye = [curve(r, 'gamma0', 'error', dataset=d, width=w, similarity=s)[1] for s in sims]
+        Yc = [curve(r, 'gamma0', 'CFr', dataset=d, width=w, similarity=s)[1] for s in sims]
+        opt.append(_moves_right(lambda m: optimum(xs, m), Ye, sims))
+        lrt.append(_moves_right(lambda m: half_rise(xs, m), Yc, sims))
+    tcells = _cells(r, 'dataset', 'similarity')
+    tr = [_transfer(r, dataset=d, similarity=s) for d, s in tcells]
+    return [
+        make_claim("The optimal γ0* moves to larger γ0 as tasks get more similar (§4)",
+                   "At every width: the 95 % bootstrap interval of log10(γ0* at the highest similarity / γ0* at the lowest) lies "
+                   "above 0 (agrees; at or below 0 — including no move at all — disagrees), and no pair of neighbouring "
+                   "similarities moves γ0* significantly to the left", opt, lab, note),
+        make_claim("The lazy→rich transition γ0^LRT (half-rise of CFr) moves to larger γ0 as tasks get more similar (§4)",
+                   "At every width: the same test on the half-rise point of CFr", lrt, lab, note),
+        make_claim("γ0* transfers across widths at every similarity (abstract)",
+                   "At every similarity: the 95 % bootstrap intervals of γ0* share a point across widths, each spanning at most one "
+                   "decade (agrees); disjoint intervals disagree", tr, [_label(d, similarity=s) for d, s in tcells], note)]
+
+# %% ../nbs/05_cl_experiments.ipynb #f4ef40c3
+def split_claims(runs:pd.DataFrame, strict:bool=True) -> list:
+    "Fig. 1b–c on a task-incremental (multi-head) split stream: U-shaped average error, CFr rising with γ0, γ0* transferring"
+    r, note = _masked(runs, ['dataset', 'width', 'gamma0'], strict)
+    cells = _cells(r, 'dataset', 'width'); lab = [_label(d, w) for d, w in cells]
+    u = [u_shape(*curve(r, 'gamma0', 'error', dataset=d, width=w)) for d, w in cells]
+    c = [trend(*curve(r, 'gamma0', 'CFr', dataset=d, width=w), sign=+1) for d, w in cells]
+    ds = [d for (d,) in _cells(r, 'dataset')]
+    tr = [_transfer(r, dataset=d) for d in ds]
+    return [
+        make_claim("Task-incremental: the final average error is U-shaped in γ0 (Fig. 1b)",
+                   f"At every width: the grid minimum lies strictly inside the grid and both ends are worse by more than {K_SE:g} SE "
+                   f"(agrees); the bootstrap interval of γ0* is a grid end (disagrees)", u, lab, note),
+        make_claim("Task-incremental: CFr rises with γ0 (Fig. 1c)",
+                   f"At every width: no pair of γ0 points goes down by more than {K_SE:g} SE, and the largest γ0 beats the smallest "
+                   f"by more than {K_SE:g} SE", c, lab, note),
+        make_claim("Task-incremental: γ0* transfers across widths (abstract)",
+                   "The 95 % bootstrap intervals of γ0* share a point across widths, each spanning at most one decade (agrees); "
+                   "disjoint intervals disagree", tr, ds, note)]
+
+# %% ../nbs/05_cl_experiments.ipynb #5e1e5dd0
+def lr_claims(table:pd.DataFrame) -> list:
+    "The protocol check: every learning rate was chosen inside the searched grid, below the first divergence"
+    ch = table[table.chosen.astype(bool)]
+    note = ch.note.fillna('').astype(str)          # empty notes read back from CSV as NaN
+    edge, none = ch[note.str.contains('top|bottom')], ch[note.str.contains('no stable')]
+    v = 'disagrees' if len(none) else 'inconclusive' if len(edge) else 'agrees'
+    lst = lambda t: ', '.join(f"{r.key} (η0={r.lr:g})" for r in t.itertuples())
+    m = (f"{len(ch)} learning rates chosen, in [{ch.lr.min():g}, {ch.lr.max():g}]" + (f"; at a grid end: {lst(edge)}" if len(edge) else '')
+         + (f"; no stable η0: {lst(none)}" if len(none) else ''))
+    return [Claim("Protocol: every γ0 is trained at the learning rate that trains it best on validation data",
+                  "The chosen η0 (best validation learning accuracy of the first tasks, below the first divergence) lies strictly "
+                  "inside the grid for every lr_key (agrees); at a grid end the best rate may lie beyond it (inconclusive); no stable η0 "
+                  "(disagrees)", m, v)]
+
+# %% ../nbs/05_cl_experiments.ipynb #e5a1daef
+def _eb(ax, d:pd.DataFrame, x:str, m:str, **kw):
+    "Means ± standard errors of column `m` against `x`; under-fit cells hollow, not-learned cells as crosses"
+    d = d.sort_values(x)
+    line = ax.errorbar(d[x], d[f'{m}_mean'], yerr=d[f'{m}_sem'].fillna(0), marker='o', ms=4, capsize=2, **kw)
+    c = line[0].get_color()
+    uf, nl = d.flag.fillna('').str.contains('under-fit'), ~d.learned.astype(bool)
+    ax.plot(d[x][uf], d[f'{m}_mean'][uf], 'o', ms=6, mfc='white', mec=c, zorder=3)
+    ax.plot(d[x][nl], d[f'{m}_mean'][nl], 'x', ms=7, c=c, zorder=3)
+    return c
+
+def _grid(n_rows:int, n_cols:int, w:float=3.6, h:float=3.0):
+    fig, axs = plt.subplots(n_rows, n_cols, figsize=(w * n_cols, h * n_rows), squeeze=False)
+    return fig, axs
+
+def plot_lr(table:pd.DataFrame):
+    "Validation learning accuracy against η0, per stream and γ0 (permuted streams: at their most common similarity); chosen η0 starred"
+    sets = sorted({(r.dataset, r.kind, r.arch) for r in table.itertuples()})
+    fig, axs = _grid(1, len(sets), 4.6, 3.4)
+    for ax, (d, k, a) in zip(axs[0], sets):
+        t = table[(table.dataset == d) & (table.kind == k) & (table.arch == a)]
+        sim = t.similarity.mode().iloc[0] if t.similarity.notna().any() else None
+        if sim is not None: t = t[np.isclose(t.similarity, sim)]
+        keys = sorted(t.key.unique(), key=lambda s: (s.split('/')[4], float(s.split('/')[5]) if s.split('/')[5][0] != 'N' else 0))
+        cols = plt.cm.viridis(np.linspace(0, 0.9, len(keys)))
+        for key, c in zip(keys, cols):
+            u = t[t.key == key].sort_values('lr'); p, g = key.split('/')[4:]
+            ok = u.n_diverged == 0
+            ax.plot(u.lr[ok], u.acc[ok], '-' if p == 'mup' else '--', c=c, lw=1, label=f"μP γ0={g}" if p == 'mup' else p.upper())
+            ax.plot(u.lr[~ok], np.where(np.isfinite(u.acc[~ok]), u.acc[~ok], 0.1), 'x', c=c, ms=5)
+            ch = u[u.chosen.astype(bool)]; ax.plot(ch.lr, ch.acc, '*', c=c, ms=11, mec='k', mew=0.5)
+        ax.set(xscale='log', xlabel='η0', ylabel='validation learning accuracy', ylim=(0, 1.02),
+               title=f"{d}, {k}" + (f" (similarity {sim:g})" if sim is not None else '') + f", {a}")
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout(); return fig
 
-def plot_width(t:pd.DataFrame):
-    "CFr vs width for NTP and μP"
-    fig, ax = plt.subplots(figsize=(4.5, 3.3))
-    for p, lab in (('ntp', 'NTP (γ0,eff = √(64/N))'), ('mup', 'μP (fixed γ0)')):
-        s = t[t.param == p].sort_values('width')
-        _eb(ax, s.width, s.CFr_mean, s.CFr_sem, label=lab)
-    ax.set(xscale='log', xlabel='width N', ylabel='forgetting rate CFr', title='forgetting vs width'); ax.legend(fontsize=8)
+def plot_stationary(s:pd.DataFrame):
+    "Test error vs γ0 per width, pooled (stationary) and continual (average error after the last task), and the continual LA"
+    ds = sorted(s.dataset.unique()); fig, axs = _grid(len(ds), 3)
+    for r, d in enumerate(ds):
+        for w in sorted(s.width.unique()):
+            for ax, st, m in ((axs[r, 0], 'stationary', 'error'), (axs[r, 1], 'continual', 'error'), (axs[r, 2], 'continual', 'LA')):
+                _eb(ax, s[(s.dataset == d) & (s.setting == st) & (s.width == w)], 'gamma0', m, label=f"N={w}")
+        for ax, title, yl in ((axs[r, 0], 'stationary (pooled tasks)', 'test error'), (axs[r, 1], 'continual', 'average error AE'),
+                              (axs[r, 2], 'continual', 'learning accuracy LA')):
+            ax.set(xscale='log', xlabel='γ0', ylabel=yl, title=f"{d}: {title}"); ax.legend(fontsize=7)
+        for ax in axs[r, :2]: ax.axhline(1 - s.chance.iloc[0], ls=':', c='gray', lw=0.8)
     fig.tight_layout(); return fig
 
-def plot_gamma(t:pd.DataFrame):
-    "CFr and CKA distance (task 1 → end) vs γ0, per width, with γ0^LRT marked"
-    fig, axs = plt.subplots(1, 2, figsize=(9, 3.3))
-    for w in sorted(t.width.unique()):
-        s = t[t.width == w].sort_values('gamma0')
-        _eb(axs[0], s.gamma0, s.CFr_mean, s.CFr_sem, label=f"N={w}")
-        x = transition(s.gamma0, s.CFr_mean)
-        if math.isfinite(x): axs[0].axvline(x, ls=':', lw=1, c=axs[0].lines[-1].get_color())
-        _eb(axs[1], s.gamma0, s.cka_t1_end_mean, s.cka_t1_end_sem, label=f"N={w}")
-    axs[0].set(xscale='log', xlabel='γ0', ylabel='forgetting rate CFr', title='forgetting (dotted: γ0^LRT)')
-    axs[1].set(xscale='log', yscale='log', xlabel='γ0', ylabel='1 − CKA (task 1 → end)', title='feature change')
-    for a in axs: a.legend(fontsize=8)
+def plot_width(s:pd.DataFrame):
+    "CFr and learning accuracy vs width for NTP and μP"
+    ds = sorted(s.dataset.unique()); fig, axs = _grid(len(ds), 2, 4.4)
+    for r, d in enumerate(ds):
+        for p, lab in (('ntp', 'NTP (γ0,eff = √(64/N))'), ('mup', 'μP (fixed γ0)')):
+            for ax, m in zip(axs[r], ('CFr', 'LA')): _eb(ax, s[(s.dataset == d) & (s.param == p)], 'width', m, label=lab)
+        for ax, yl in zip(axs[r], ('forgetting rate CFr', 'learning accuracy LA')):
+            ax.set(xscale='log', xlabel='width N', ylabel=yl, title=f"{d}: {yl.split()[0]} vs width"); ax.legend(fontsize=7)
     fig.tight_layout(); return fig
 
-def plot_similarity(t:pd.DataFrame):
-    "Average error and CFr vs γ0 for each similarity (one row per width), optima and transitions marked"
-    widths, sims = sorted(t.width.unique()), sorted(t.similarity.unique())
-    fig, axs = plt.subplots(len(widths), 2, figsize=(9, 3.0 * len(widths)), squeeze=False)
-    for r, w in enumerate(widths):
-        for s in sims:
-            d = t[(t.width == w) & (t.similarity == s)].sort_values('gamma0')
-            _eb(axs[r, 0], d.gamma0, d.error_mean, d.error_sem, label=f"similarity {s:g}")
-            c = axs[r, 0].lines[-1].get_color()
-            axs[r, 0].axvline(optimum(d.gamma0, d.error_mean), ls=':', lw=1, c=c)
-            _eb(axs[r, 1], d.gamma0, d.CFr_mean, d.CFr_sem, label=f"similarity {s:g}")
-            x = transition(d.gamma0, d.CFr_mean)
-            if math.isfinite(x): axs[r, 1].axvline(x, ls=':', lw=1, c=c)
-        axs[r, 0].set(xscale='log', xlabel='γ0', ylabel='average error AE', title=f"N={w}: error (dotted: γ0*)")
-        axs[r, 1].set(xscale='log', xlabel='γ0', ylabel='CFr', title=f"N={w}: forgetting (dotted: γ0^LRT)")
-        for a in axs[r]: a.legend(fontsize=7)
+def plot_gamma(s:pd.DataFrame):
+    "CFr (half-rise marked), learning accuracy and CKA distance (task 1 → end) vs γ0, per width"
+    ds = sorted(s.dataset.unique()); fig, axs = _grid(len(ds), 3)
+    for r, d in enumerate(ds):
+        for w in sorted(s.width.unique()):
+            u = s[(s.dataset == d) & (s.width == w)].sort_values('gamma0')
+            c = _eb(axs[r, 0], u, 'gamma0', 'CFr', label=f"N={w}")
+            x = half_rise(u.gamma0, u.CFr_mean.where(u.learned))
+            if math.isfinite(x): axs[r, 0].axvline(x, ls=':', lw=1, c=c)
+            _eb(axs[r, 1], u, 'gamma0', 'LA', label=f"N={w}"); _eb(axs[r, 2], u, 'gamma0', 'cka_t1_end', label=f"N={w}")
+        axs[r, 0].set(ylabel='forgetting rate CFr', title=f"{d}: forgetting (dotted: γ0^LRT)")
+        axs[r, 1].set(ylabel='learning accuracy LA', title=f"{d}: plasticity")
+        axs[r, 2].set(yscale='log', ylabel='1 − CKA (task 1 → end)', title=f"{d}: feature change")
+        for ax in axs[r]: ax.set(xscale='log', xlabel='γ0'); ax.legend(fontsize=7)
+    fig.tight_layout(); return fig
+
+def plot_similarity(s:pd.DataFrame):
+    "Average error (γ0* marked) and CFr (γ0^LRT marked) vs γ0 for each similarity; one row per dataset and width"
+    rows = sorted({(r.dataset, r.width) for r in s.itertuples()}); sims = sorted(s.similarity.unique())
+    fig, axs = _grid(len(rows), 2, 4.4)
+    for i, (d, w) in enumerate(rows):
+        for sim in sims:
+            u = s[(s.dataset == d) & (s.width == w) & (s.similarity == sim)].sort_values('gamma0')
+            c = _eb(axs[i, 0], u, 'gamma0', 'error', label=f"similarity {sim:g}")
+            axs[i, 0].axvline(optimum(u.gamma0, u.error_mean.where(u.learned)), ls=':', lw=1, c=c)
+            _eb(axs[i, 1], u, 'gamma0', 'CFr', label=f"similarity {sim:g}")
+            x = half_rise(u.gamma0, u.CFr_mean.where(u.learned))
+            if math.isfinite(x): axs[i, 1].axvline(x, ls=':', lw=1, c=c)
+        axs[i, 0].set(ylabel='average error AE', title=f"{d} N={w}: error (dotted: γ0*)")
+        axs[i, 1].set(ylabel='CFr', title=f"{d} N={w}: forgetting (dotted: γ0^LRT)")
+        for ax in axs[i]: ax.set(xscale='log', xlabel='γ0'); ax.legend(fontsize=7)
+    fig.tight_layout(); return fig
+
+def plot_split(s:pd.DataFrame):
+    "Task-incremental stream: average error, CFr and learning accuracy vs γ0 per width"
+    ds = sorted(s.dataset.unique()); fig, axs = _grid(len(ds), 3)
+    for r, d in enumerate(ds):
+        for w in sorted(s.width.unique()):
+            u = s[(s.dataset == d) & (s.width == w)]
+            for ax, m in zip(axs[r], ('error', 'CFr', 'LA')): _eb(ax, u, 'gamma0', m, label=f"N={w}")
+        axs[r, 0].axhline(1 - s.chance.iloc[0], ls=':', c='gray', lw=0.8)
+        for ax, yl in zip(axs[r], ('average error AE', 'forgetting rate CFr', 'learning accuracy LA')):
+            ax.set(xscale='log', xlabel='γ0', ylabel=yl, title=f"{d} (split, one head per task)"); ax.legend(fontsize=7)
     fig.tight_layout(); return fig
 
 # %% ../nbs/05_cl_experiments.ipynb #a5ea424e
+@dataclass(frozen=True)
+class Experiment:
+    "How an experiment's runs become cells, claims and a figure"
+    title: str
+    by: tuple          # the axes of a cell
+    claims: object     # runs table → list of Claims
+    plot: object       # summary table → figure
+
 EXPERIMENTS = dict(
-    stationary=(stationary_table, stationary_claims, plot_stationary),
-    width=(width_table, width_claims, plot_width),
-    gamma=(gamma_table, gamma_claims, plot_gamma),
-    similarity=(similarity_table, similarity_claims, plot_similarity))
+    stationary=Experiment('Continual learning (1): stationary vs continual training across γ0 and width',
+                          ('dataset', 'setting', 'width', 'gamma0'), stationary_claims, plot_stationary),
+    width=Experiment('Continual learning (2): forgetting vs width, NTP vs μP', ('dataset', 'param', 'width'), width_claims, plot_width),
+    gamma=Experiment('Continual learning (3): the lazy→rich transition in γ0', ('dataset', 'width', 'gamma0'), gamma_claims, plot_gamma),
+    similarity=Experiment('Continual learning (4): task similarity, the optimal γ0 and the transition',
+                          ('dataset', 'similarity', 'width', 'gamma0'), similarity_claims, plot_similarity),
+    split=Experiment('Continual learning (5): a task-incremental stream (split digits, one head per task)',
+                     ('dataset', 'width', 'gamma0'), split_claims, plot_split),
+    cifar=Experiment('Continual learning (6): Split-CIFAR10 with a ResNet (when CIFAR-10 is on disk)',
+                     ('dataset', 'width', 'gamma0'), split_claims, plot_split))

@@ -10,16 +10,19 @@ import math
 from dataclasses import dataclass, asdict, fields
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 # %% auto #0
-__all__ = ['K_SE', 'LEVEL', 'N_BOOT', 'VERDICTS', 'Claim', 'Check', 'worst', 'combine', 'make_claim', 'curve', 'mean_se',
-           'difference', 'trend', 'half_rise', 'crossing', 'rise_width', 'bootstrap', 'interval', 'optimum',
-           'fmt_interval', 'u_shape', 'shift', 'overlap', 'slope', 'sign_of', 'equivalent', 'learned']
+__all__ = ['K_SE', 'LEVEL', 'N_BOOT', 'MIN_SHIFT', 'VERDICTS', 'Claim', 'Check', 'worst', 'combine', 'make_claim', 'curve',
+           'mean_se', 'difference', 'paired', 'k_reversal', 'trend', 'half_rise', 'crossing', 'rise_width', 'bootstrap',
+           'interval', 'optimum', 'fmt_interval', 'u_shape', 'shift_interval', 'shift', 'overlap', 'slope', 'sign_of',
+           'equivalent', 'learned']
 
 # %% ../nbs/04_claims.ipynb #01484e7b
 K_SE = 2.0          # a difference counts when it exceeds K_SE combined standard errors
 LEVEL = 0.95        # bootstrap intervals: the central 95 %
 N_BOOT = 2000       # bootstrap resamples of the seeds
+MIN_SHIFT = 0.1     # decades: a move of a located point smaller than this (a factor 1.26) does not count as a shift
 VERDICTS = ('agrees', 'disagrees', 'inconclusive')
 
 # %% ../nbs/04_claims.ipynb #70b8a041
@@ -116,19 +119,41 @@ def difference(a:float, sa:float, b:float, sb:float, sign:int=1, k:float=K_SE, m
     if d + k * s < min_effect or (min_effect == 0 and d + k * s < 0): return 'disagrees'
     return 'inconclusive'
 
+def paired(Y, i:int, j:int) -> tuple:
+    "(mean of Y[j] − Y[i], its standard error) over the seeds finite at both points (unpaired when fewer than two are)"
+    a, b = np.asarray(Y[i], float), np.asarray(Y[j], float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() >= 2:
+        d = b[ok] - a[ok]
+        return float(d.mean()), float(d.std(ddof=1) / math.sqrt(ok.sum()))
+    m, se, _ = mean_se(np.stack([a, b]))
+    return float(m[1] - m[0]), float(math.hypot(se[0], se[1]))
+
+def k_reversal(n_points:int, k:float=K_SE) -> float:
+    "The threshold a reversal must pass among the n(n−1)/2 pairs of a grid: Bonferroni at one-sided 2.5 %, at least k"
+    pairs = max(1, n_points * (n_points - 1) // 2)
+    return max(k, float(norm.ppf(1 - 0.025 / pairs)))
+
 def trend(xs, Y, sign:int=1, k:float=K_SE, min_effect:float=0.0, fmt=_fmt) -> Check:
-    "Does the mean of Y rise (`sign`=+1) or fall (−1) along xs over the whole grid? (no significant reversal; last vs first)"
-    xs = np.asarray(xs, float); m, se, n = mean_se(Y)
+    "Does the mean of Y rise (`sign`=+1) or fall (−1) along xs over the whole grid? (no significant paired reversal; last vs first)"
+    xs, Y = np.asarray(xs, float), np.asarray(Y, float); m, se, n = mean_se(Y)
     ok = np.isfinite(m)
-    xs, m, se = xs[ok], m[ok], se[ok]
+    xs, m, se, Y = xs[ok], m[ok], se[ok], Y[ok]
     if len(m) < 2: return Check('inconclusive', f"{len(m)} finite point(s)")
     text = f"{fmt(m[0])} ± {fmt(se[0])} at {xs[0]:g} → {fmt(m[-1])} ± {fmt(se[-1])} at {xs[-1]:g}"
-    for i in range(len(m)):
-        for j in range(i + 1, len(m)):
-            if difference(m[i], se[i], m[j], se[j], -sign, k) == 'agrees':
-                return Check('disagrees', text + f"; but {fmt(m[i])} at {xs[i]:g} → {fmt(m[j])} at {xs[j]:g} goes the other way "
-                                                 f"by more than {k:g} SE")
-    return Check(difference(m[0], se[0], m[-1], se[-1], sign, k, min_effect), text)
+    kr = k_reversal(len(m), k)
+    pairs = {(i, j): paired(Y, i, j) for i in range(len(m)) for j in range(i + 1, len(m))}
+    n_ok = {ij: (np.isfinite(Y[ij[0]]) & np.isfinite(Y[ij[1]])).sum() for ij in pairs}
+    var = [s * s * n_ok[ij] for ij, (d, s) in pairs.items() if math.isfinite(s) and n_ok[ij] >= 2]   # per-seed variances
+    floor = float(np.median(var)) if var else 0.0
+    for (i, j), (d, s) in pairs.items():
+        if not math.isfinite(s): continue
+        s = math.sqrt(max(s * s, floor / max(n_ok[i, j], 1)))           # no pair's error bar below the curve's typical one
+        if -sign * d - kr * s > 0:
+            return Check('disagrees', text + f"; but {fmt(m[i])} at {xs[i]:g} → {fmt(m[j])} at {xs[j]:g} goes the other way "
+                                             f"by {abs(d) / s:.1f} paired SE (> {kr:.1f})")
+    d, s = paired(Y, 0, len(m) - 1)
+    return Check(difference(0.0, 0.0, d, s, sign, k, min_effect), text)
 
 # %% ../nbs/04_claims.ipynb #dbe1852b
 def _first_reach(xs, y, level) -> float:
@@ -137,7 +162,8 @@ def _first_reach(xs, y, level) -> float:
         if y[i] >= level:
             if i == 0: return float(xs[0])
             f = (level - y[i - 1]) / (y[i] - y[i - 1])
-            return float(np.exp(np.log(xs[i - 1]) + f * (np.log(xs[i]) - np.log(xs[i - 1]))))
+            x = np.exp(np.log(xs[i - 1]) + f * (np.log(xs[i]) - np.log(xs[i - 1])))
+            return float(np.clip(x, xs[i - 1], xs[i]))       # exp(log(x)) may round just outside the bracket
     return math.nan
 
 def _finite_sorted(xs, y):
@@ -213,8 +239,8 @@ def u_shape(xs, Y, k:float=K_SE, n_boot:int=N_BOOT) -> Check:
     if iv[0] == iv[1] and iv[0] in (xs_[0], xs_[-1]): return Check('disagrees', text + ', at an end of the grid', ivt)
     return Check('inconclusive', text, ivt)
 
-def shift(stat, Ya, Yb, paired:bool=True, n_boot:int=N_BOOT, label=('A', 'B')) -> Check:
-    "Does the point `stat(mean curve)` move to larger x from curve A to curve B? (bootstrap of log10 x_B − log10 x_A)"
+def shift_interval(stat, Ya, Yb, paired:bool=True, n_boot:int=N_BOOT) -> tuple:
+    "(x_A, x_B, interval of log10 x_B − log10 x_A) for the point `stat(mean curve)` of two curves, seeds resampled"
     Ya, Yb = np.asarray(Ya, float), np.asarray(Yb, float)
     xa, xb = stat(mean_se(Ya)[0]), stat(mean_se(Yb)[0])
     if paired and Ya.shape[1] == Yb.shape[1]:
@@ -222,11 +248,15 @@ def shift(stat, Ya, Yb, paired:bool=True, n_boot:int=N_BOOT, label=('A', 'B')) -
     else:
         a, b = bootstrap(stat, Ya, n_boot=n_boot, seed=0), bootstrap(stat, Yb, n_boot=n_boot, seed=1)
         d = np.log10(b) - np.log10(a)
-    lo, hi = interval(d)
+    return xa, xb, interval(d)
+
+def shift(stat, Ya, Yb, paired:bool=True, n_boot:int=N_BOOT, label=('A', 'B'), min_shift:float=MIN_SHIFT) -> Check:
+    "Does the point `stat(mean curve)` move to larger x from curve A to curve B? (bootstrap of log10 x_B − log10 x_A)"
+    xa, xb, (lo, hi) = shift_interval(stat, Ya, Yb, paired, n_boot)
     text = f"{label[0]} {_fmt(xa)} → {label[1]} {_fmt(xb)}"
     ivt = f"log10 ratio in {fmt_interval((lo, hi), 2)}"
     if not (math.isfinite(lo) and math.isfinite(hi)): return Check('inconclusive', text, ivt)
-    return Check('agrees' if lo > 0 else 'disagrees' if hi <= 0 else 'inconclusive', text, ivt)
+    return Check('agrees' if lo > 0 else 'disagrees' if hi < min_shift else 'inconclusive', text, ivt)
 
 def overlap(intervals:dict, max_decades:float=1.0) -> Check:
     "Do the intervals (label → (lo, hi), positive x) share a point, each spanning at most `max_decades`?"

@@ -214,12 +214,14 @@ def cosine_factor(step:int, total:int) -> float:
     return 0.5 * (1 + math.cos(math.pi * step / total))
 
 @torch.no_grad()
-def evaluate(model, task:Task, loss:str='ce', batch:int=2048) -> tuple:
-    "(accuracy, mean loss) of `model` on the test set of `task`"
-    n, correct, total = len(task.x_test), 0, 0.0
+def evaluate(model, task:Task, loss:str='ce', batch:int=2048, split:str='test') -> tuple:
+    "(accuracy, mean loss) of `model` on the test (or `split='train'`: training) set of `task`"
+    if split not in ('test', 'train'): raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    X, Y = (task.x_test, task.y_test) if split == 'test' else (task.x_train, task.y_train)
+    n, correct, total = len(X), 0, 0.0
     for s in range(0, n, batch):
         idx = torch.arange(s, min(s + batch, n))
-        out, y = call_model(model, task.x_test[idx], task.heads('test', idx)), task.y_test[idx]
+        out, y = call_model(model, X[idx], task.heads(split, idx)), Y[idx]
         correct += (out.argmax(-1) == y).sum().item(); total += task_loss(out, y, loss, 'sum').item()
     return correct / n, total / n
 
@@ -237,11 +239,15 @@ class ContinualResult:
     weight_changes: list = None  # per task: {parameter: relative change from init}
     config: dict = field(default_factory=dict)
     seconds: float = 0.0
+    train_acc: np.ndarray = None # (T,): accuracy on task j's *training* set right after training it (how well it was fit)
 
     @property
     def diverged(self) -> bool: return self.diverged_at is not None
     @property
-    def metrics(self) -> dict: return cl_metrics(self.acc, self.loss)
+    def metrics(self) -> dict:
+        "`cl_metrics` of the matrices, plus FA: the mean training accuracy of each task right after it (NaN if missing)"
+        fa = math.nan if self.train_acc is None else float(np.mean(self.train_acc))
+        return {**cl_metrics(self.acc, self.loss), 'FA': fa}
 
     def feature_metrics(self) -> dict:
         "Distances between checkpoints: init→task 1 and task 1→end (CKA, Φ, NTK), and each task's CKA to the end"
@@ -253,6 +259,8 @@ class ContinualResult:
                        phi_init_t1=kernel_distance(Phi[0], Phi[1]), phi_t1_end=kernel_distance(Phi[1], Phi[-1]),
                        cka_to_end=[cka_distance(z, Z[-1]) for z in Z[1:]])
         if ok(K): out.update(ntk_init_t1=kernel_distance(K[0], K[1]), ntk_t1_end=kernel_distance(K[1], K[-1]))
+        if self.diverged:       # the run never reached its end: no "→ end" distance (the last snapshot is an earlier task's)
+            out = {k: ([math.nan] * len(v) if isinstance(v, list) else math.nan) if 'end' in k else v for k, v in out.items()}
         return out
 
     def to_dict(self) -> dict:
@@ -361,7 +369,7 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
     keys = ('x_train', 'y_train', 'x_test', 'y_test', 'heads_train', 'heads_test')
     tasks = [replace(t, **{k: mv(getattr(t, k)) for k in keys if getattr(t, k) is not None}) for t in stream]
     gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
-    acc, loss = np.full((M, T, T), np.nan), np.full((M, T, T), np.nan)
+    acc, loss, fit = np.full((M, T, T), np.nan), np.full((M, T, T), np.nan), np.full((M, T), np.nan)
     inits = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in models]
     use_feats = cfg.n_probe > 0 and hasattr(models[0], 'features')
     probe = tasks[0].x_test[:cfg.n_probe] if use_feats else None
@@ -403,6 +411,7 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
             if not alive[i]: continue
             m.eval()
             for j, other in enumerate(tasks): acc[i, ti, j], loss[i, ti, j] = evaluate(m, other, cfg.loss, cfg.eval_batch)
+            fit[i, ti] = evaluate(m, task, cfg.loss, cfg.eval_batch, split='train')[0]
             m.train()
             ends[i].append(len(steps[i])); wcs[i].append(weight_change(m, inits[i]))
             if use_feats: feats[i].append(snap_f(m))
@@ -417,7 +426,7 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
         config = dict(train=cfgs[i].to_dict(), stream=stream.config.to_dict() if hasattr(stream.config, 'to_dict') else None,
                       model=describe_model(m), batched=dict(models=M, seconds=secs) if batched else None)
         out.append(ContinualResult(acc[i], loss[i], np.array(steps[i]), ends[i], diverged[i], feats[i], ntks[i], wcs[i],
-                                   config, secs / M))
+                                   config, secs / M, fit[i]))
     return out if batched else out[0]
 
 def describe_model(model) -> dict:

@@ -15,10 +15,10 @@ import torch
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'TORCHVISION', 'DATASETS', 'STREAM_KINDS', 'Dataset', 'data_root', 'stratified_split', 'stratified_subset',
-           'load_dataset', 'StreamConfig', 'Task', 'TaskStream', 'pixel_order', 'partial_permutation',
-           'apply_permutation', 'rotate', 'permuted_stream', 'split_stream', 'rotated_stream', 'make_stream',
-           'joint_task', 'plot_stream']
+__all__ = ['EMBEDDED', 'TORCHVISION', 'DATASETS', 'STREAM_KINDS', 'Dataset', 'data_root', 'dataset_available', 'stratified_split',
+           'stratified_subset', 'load_dataset', 'StreamConfig', 'Task', 'TaskStream', 'pixel_order',
+           'partial_permutation', 'apply_permutation', 'rotate', 'permuted_stream', 'split_stream', 'rotated_stream',
+           'make_stream', 'joint_task', 'plot_stream']
 
 # %% ../nbs/01_data.ipynb #630bfe0c
 EMBEDDED = ('digits', 'mnist5k', 'mnist1d')
@@ -91,6 +91,16 @@ def _raw_torchvision(name, root=None):
         out += [x, np.asarray(ds.targets, dtype=np.int64)]
     return tuple(out)
 
+def dataset_available(name:str, root:str=None) -> bool:
+    "Whether `load_dataset(name)` can work here: always for the embedded data; torchvision data needs the package and the files"
+    if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}: expected one of {DATASETS}")
+    if name in EMBEDDED: return True
+    try:
+        import torchvision
+        getattr(torchvision.datasets, TORCHVISION[name])(data_root(root), train=False, download=False)
+        return True
+    except Exception: return False
+
 # %% ../nbs/01_data.ipynb #e0498e41
 def stratified_split(y, test_frac:float=0.2, seed:int=0):
     "Indices (train, test) with a fraction `test_frac` of every class in test, shuffled reproducibly by `seed`"
@@ -114,9 +124,11 @@ def stratified_subset(y, n:int, seed:int=0):
 
 # %% ../nbs/01_data.ipynb #8b085e94
 def load_dataset(name:str='digits', seed:int=0, test_frac:float=0.2, n_train:int=None, n_test:int=None,
-                 root:str=None, standardize:bool=True, dtype=torch.float32) -> Dataset:
-    "Load `name` with a seeded train/test split (embedded data) or its official split (torchvision data)"
+                 root:str=None, standardize:bool=True, dtype=torch.float32, val_frac:float=None) -> Dataset:
+    "Load `name` with a seeded train/test split (embedded data) or its official split (torchvision data); `val_frac`: validation in place of test"
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}: expected one of {DATASETS}")
+    if val_frac is not None and not (isinstance(val_frac, float) and 0 < val_frac < 1):
+        raise ValueError(f"val_frac must be a fraction in (0, 1) or None, got {val_frac!r}")
     if name in EMBEDDED:
         x, y = {'digits': _raw_digits, 'mnist5k': _raw_mnist5k, 'mnist1d': _raw_mnist1d}[name]()
         tr, te = stratified_split(y, test_frac, seed)
@@ -126,6 +138,9 @@ def load_dataset(name:str='digits', seed:int=0, test_frac:float=0.2, n_train:int
     if n_test is not None: i = stratified_subset(yte, n_test, seed + 1); xte, yte = xte[i], yte[i]
     mean, std = (float(xtr.mean()), float(xtr.std())) if standardize else (0.0, 1.0)
     if std == 0: raise ValueError(f"the training images of {name!r} are constant: cannot standardise")
+    if val_frac is not None:    # the held-out part of the training images replaces the test split (same standardisation)
+        tr, va = stratified_split(ytr, val_frac, seed + 1)
+        xtr, ytr, xte, yte = xtr[tr], ytr[tr], xtr[va], ytr[va]
     t = lambda a: torch.as_tensor((a - mean) / std, dtype=dtype)
     return Dataset(name, t(xtr), torch.as_tensor(ytr), t(xte), torch.as_tensor(yte), int(max(ytr.max(), yte.max()) + 1),
                    mean, std, (0.0 - mean) / std)
@@ -149,6 +164,7 @@ class StreamConfig:
     n_train: int = None         # optional stratified subsets of the dataset's train / test halves
     n_test: int = None
     root: str = None            # where torchvision datasets live (embedded ones ignore it)
+    val_frac: float = None      # evaluate on this fraction of the training images instead of the test split (tuning)
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -282,7 +298,7 @@ def make_stream(cfg:StreamConfig=None, dtype=torch.float32, **kwargs) -> TaskStr
     if cfg.n_tasks is not None and (not isinstance(cfg.n_tasks, int) or cfg.n_tasks < 1):
         raise ValueError(f"n_tasks must be an integer >= 1, got {cfg.n_tasks!r}")
     if cfg.n_tasks is None and cfg.kind != 'split': raise ValueError("n_tasks=None only means something for split streams")
-    ds = load_dataset(cfg.dataset, cfg.seed, cfg.test_frac, cfg.n_train, cfg.n_test, cfg.root, dtype=dtype)
+    ds = load_dataset(cfg.dataset, cfg.seed, cfg.test_frac, cfg.n_train, cfg.n_test, cfg.root, dtype=dtype, val_frac=cfg.val_frac)
     return {'permuted': permuted_stream, 'split': split_stream, 'rotated': rotated_stream}[cfg.kind](ds, cfg)
 
 # %% ../nbs/01_data.ipynb #82141477

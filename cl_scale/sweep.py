@@ -13,15 +13,16 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from .param import Parameterization, MLP
+from .param import Parameterization, MLP, ResNet
 from .data import StreamConfig, TaskStream, make_stream, joint_task
 from .continual import TrainConfig, train_continual
 
 # %% auto #0
-__all__ = ['BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'ResultStore', 'run_group', 'run_sweep', 'summarize']
+__all__ = ['ARCHS', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'ResultStore', 'run_group', 'run_sweep', 'summarize']
 
 # %% ../nbs/03_sweep.ipynb #b22999f2
 _STREAM = dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5)
+ARCHS = ('mlp', 'resnet')
 _TRAIN = dict(epochs=2, n_probe=256, n_ntk=0)
 
 @dataclass
@@ -35,11 +36,13 @@ class RunSpec:
     depth: int = 3              # hidden layers of the MLP
     act: str = 'relu'
     joint: bool = False         # stationary control: all tasks pooled into one
+    arch: str = 'mlp'           # 'mlp' (depth = hidden layers) or 'resnet' (depth = residual blocks)
     stream: dict = field(default_factory=lambda: dict(_STREAM))  # `StreamConfig` fields
     train: dict = field(default_factory=lambda: dict(_TRAIN))    # `TrainConfig` fields (its seed is `seed`)
 
     def __post_init__(self):
         if self.param not in ('mup', 'ntp', 'sp'): raise ValueError(f"unknown param {self.param!r}: 'mup', 'ntp' or 'sp'")
+        if self.arch not in ARCHS: raise ValueError(f"unknown arch {self.arch!r}: expected one of {ARCHS}")
         self.gamma0 = float(self.gamma0) if self.param == 'mup' else 1.0
         self.width, self.depth, self.seed = int(self.width), int(self.depth), int(self.seed)
         if self.similarity is not None:
@@ -74,10 +77,21 @@ class RunSpec:
         s = make_stream(self.stream_config())
         return TaskStream([joint_task(s)], s.config, s.in_shape, s.n_heads, s.d_out, s.similarity) if self.joint else s
 
-    def make_model(self, stream:TaskStream) -> MLP:
-        "The MLP, initialised from `seed` (so batched and lone runs start from the same weights)"
+    def make_model(self, stream:TaskStream):
+        "The MLP (or ResNet), initialised from `seed` (so batched and lone runs start from the same weights)"
         torch.manual_seed(self.seed)
+        if self.arch == 'resnet':
+            if len(stream.in_shape) != 3: raise ValueError(f"arch='resnet' needs images (C, H, W); this stream's samples are {stream.in_shape}")
+            return ResNet(stream.in_shape[0], stream.d_out, self.width, self.depth, self.parameterization(), self.act,
+                          n_heads=stream.n_heads)
         return MLP(stream.d_in, self.width, self.depth, stream.d_out, self.parameterization(), self.act, n_heads=stream.n_heads)
+
+    def lr_key(self) -> str:
+        "What the learning rate is chosen for: the stream (data, kind, similarity), architecture, parameterization and (μP) γ0"
+        c = self.stream_config()
+        eff = f"{self.gamma0:.6g}" if self.param == 'mup' else 'N*'      # NTP and SP: one rate for every width
+        sim = f"s{1 - c.p:.6g}" if c.kind == 'permuted' else 's-'       # the task switch a rate must survive
+        return f"{c.dataset}/{c.kind}/{sim}/{self.arch}{self.depth}/{self.param}/{eff}"
 
     def group_key(self) -> str:
         "Runs with the same key share architecture, stream and schedule, so they can train as one batched model"
@@ -89,28 +103,59 @@ class RunSpec:
 # %% ../nbs/03_sweep.ipynb #4ea0f4c5
 @dataclass
 class Sweep:
-    "A named grid of runs: the product of `axes` (RunSpec field → values) over `base`"
+    "A named grid of runs: the product of `axes` (RunSpec field, or 'stream.x' / 'train.x' → values) over `base`"
     name: str
     axes: dict
     base: RunSpec = field(default_factory=RunSpec)
+    lr: dict = None             # η0 per `RunSpec.lr_key()` (a learning-rate selection); None: the base's η0
 
     def __post_init__(self):
-        names = {f.name for f in fields(RunSpec)}
-        bad = set(self.axes) - names
-        if bad: raise ValueError(f"unknown sweep axes {sorted(bad)}: axes are RunSpec fields {sorted(names)}")
+        names = {f.name for f in fields(RunSpec)} - {'stream', 'train'}
+        sub = {'stream': {f.name for f in fields(StreamConfig)}, 'train': {f.name for f in fields(TrainConfig)} - {'seed'}}
+        ok = lambda k: k in names or ('.' in k and k.split('.', 1)[0] in sub and k.split('.', 1)[1] in sub[k.split('.', 1)[0]])
+        bad = [k for k in self.axes if not ok(k)]
+        if bad: raise ValueError(f"unknown sweep axes {sorted(bad)}: axes are RunSpec fields {sorted(names)}, "
+                                 f"or 'stream.<StreamConfig field>' / 'train.<TrainConfig field>'")
         for k, v in self.axes.items():
             if isinstance(v, (str, bytes)) or not hasattr(v, '__iter__') or len(list(v)) == 0:
                 raise ValueError(f"axis {k!r} must be a non-empty list of values, got {v!r}")
+        if self.lr is not None and 'train.lr' in self.axes: raise ValueError("give the learning rate by the axis 'train.lr' or by `lr`, not both")
 
     def runs(self) -> list:
-        "Every distinct `RunSpec` of the grid, in axis order"
+        "Every distinct `RunSpec` of the grid, in axis order (with its η0 from `lr` when given)"
         keys, seen, out = list(self.axes), set(), []
         for combo in itertools.product(*(list(self.axes[k]) for k in keys)):
-            r = replace(self.base, **dict(zip(keys, combo)))
+            kw, sub = {}, dict(stream=dict(self.base.stream), train=dict(self.base.train))
+            for k, v in zip(keys, combo):
+                if '.' in k: sub[k.split('.', 1)[0]][k.split('.', 1)[1]] = v
+                else: kw[k] = v
+            r = replace(self.base, **kw, **sub)
+            if self.lr is not None:
+                key = r.lr_key()
+                if key not in self.lr: raise KeyError(f"sweep {self.name!r}: no learning rate for {key!r} in `lr` (it has {sorted(self.lr)})")
+                r = replace(r, train={**r.train, 'lr': float(self.lr[key])})
             if r.run_id not in seen: seen.add(r.run_id); out.append(r)
         return out
 
     def __len__(self): return len(self.runs())
+
+# %% ../nbs/03_sweep.ipynb #9dc9e34b
+@dataclass
+class RunList:
+    "A named list of runs (a sweep that is not a product grid); duplicates are dropped"
+    name: str
+    specs: list
+
+    def __post_init__(self):
+        seen, out = set(), []
+        for r in self.specs:
+            r = RunSpec.from_dict(r) if isinstance(r, dict) else r
+            if not isinstance(r, RunSpec): raise TypeError(f"RunList takes RunSpecs (or their dicts), got {type(r).__name__}")
+            if r.run_id not in seen: seen.add(r.run_id); out.append(r)
+        self.specs = out
+
+    def runs(self) -> list: return list(self.specs)
+    def __len__(self): return len(self.specs)
 
 # %% ../nbs/03_sweep.ipynb #d1e5ac7a
 _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
@@ -167,11 +212,11 @@ class ResultStore:
     def __len__(self): return self._rows('SELECT COUNT(*) FROM runs')[0][0]
 
     def df(self, sweep=None, status:str='done') -> pd.DataFrame:
-        "The runs (of a sweep: its name, or the `Sweep` itself) as a DataFrame: spec fields, metrics, feature metrics, divergence, matrices"
+        "The runs (of a sweep: its name, or the `Sweep`/`RunList` itself) as a DataFrame: spec fields, metrics, feature metrics, divergence, matrices"
         q, a = 'SELECT run_id, sweep, status, spec, result, error, seconds FROM runs WHERE 1=1', []
         if isinstance(sweep, str): q += ' AND sweep=?'; a.append(sweep)
         if status is not None: q += ' AND status=?'; a.append(status)
-        ids = {r.run_id for r in sweep.runs()} if isinstance(sweep, Sweep) else None
+        ids = {r.run_id for r in sweep.runs()} if hasattr(sweep, 'runs') else None
         recs = []
         for rid, sw, st, spec, result, error, secs in self._rows(q, a):
             if ids is not None and rid not in ids: continue
@@ -276,9 +321,9 @@ def _jobs(todo:list, batch, workers:int) -> list:
         jobs.remove(big); h = (len(big) + 1) // 2; jobs += [big[:h], big[h:]]
     return sorted(jobs, key=_cost, reverse=True)
 
-def run_sweep(sweep:Sweep, store:ResultStore, executor=None, workers:int=None, batch='auto',
+def run_sweep(sweep, store:ResultStore, executor=None, workers:int=None, batch='auto',
               progress:bool=True) -> pd.DataFrame:
-    "Run every run of `sweep` that `store` does not have yet; returns the sweep's finished runs as a DataFrame"
+    "Run every run of `sweep` (a `Sweep` or `RunList`) that `store` does not have yet; returns its finished runs as a DataFrame"
     if not isinstance(store, ResultStore): store = ResultStore(store)
     if batch != 'auto' and (not isinstance(batch, int) or batch < 1): raise ValueError(f"batch must be 'auto' or an integer >= 1, got {batch!r}")
     runs = sweep.runs()
