@@ -20,18 +20,19 @@ import matplotlib.pyplot as plt
 from fastcore.script import call_parse
 import cl_scale
 from .param import coord_check_data, coord_check_grid, coord_slopes, plot_coord_grid
-from .cl_experiments import CLSuite, EXPERIMENTS, run_suite
+from .claims import Claim
+from .cl_experiments import CLSuite, EXPERIMENTS, run_suite, select_lrs, lr_claims, plot_lr, runs_table, summary
 import pandas as pd
-from .dmft import similarity_problem, solve_two_layer, lazy_two_layer, convergence_study, plot_convergence
+from .dmft_experiments import DMFTSuite, EXPERIMENTS as DMFT_EXPERIMENTS, TITLES as DMFT_TITLES
 from .data import load_dataset, stratified_subset
 from .models import ViT
 from .fusion import fuse, vanilla_average, model_output
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PARTS', 'CLAIMS', 'GROUPS', 'ReproConfig', 'Claim', 'PartResult', 'read_table', 'coord_check_claims',
-           'part_coord_check', 'dmft_claims', 'part_dmft', 'train_classifier', 'accuracy', 'fusion_splits',
-           'train_models', 'best_reg', 'fusion_claims', 'plot_fusion', 'part_fusion', 'part_names', 'claims_for',
+__all__ = ['FUSION_CHANCE', 'PARTS', 'CLAIMS', 'GROUPS', 'ReproConfig', 'PartResult', 'read_table', 'coord_check_claims',
+           'part_coord_check', 'part_cl_lr', 'train_classifier', 'accuracy', 'fusion_splits', 'train_models',
+           'best_reg', 'fusion_claims', 'plot_fusion', 'part_fusion', 'part_names', 'claims_for', 'verdict_counts',
            'md_report', 'html_report', 'load_part', 'write_reports', 'run_reproduce', 'connect', 'reproduce']
 
 # %% ../nbs/30_cli.ipynb #7af9d567
@@ -40,27 +41,14 @@ class ReproConfig:
     "What `cl-scale-reproduce` runs; saved as `config.json` beside every report"
     quick: bool = True                    # the quick settings (minutes on 2 cores) or the full ones
     widths: tuple = (64, 256, 1024, 4096) # widths of the coordinate check
-    seeds: tuple = (0, 1, 2)              # initialisation seeds averaged in every experiment
+    seeds: tuple = (0, 1, 2)              # initialisation seeds of the coordinate check
     gamma0: float = 0.5                   # the μP γ0 of the coordinate check
     lr: float = 4.0                       # base learning rate η0 of the coordinate check
     steps: int = 3                        # SGD steps of the coordinate check
     depth: int = 3                        # hidden layers of the coordinate-check MLP
-    cl_widths: tuple = (64, 256)          # continual learning (see `04_cl_experiments`): widths of the γ0 sweeps
-    cl_gamma0s: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # their γ0 grid
-    cl_similarities: tuple = (0.0, 0.5, 0.75)  # task similarities (1 − p) of the similarity experiment
-    cl_width_widths: tuple = (64, 256, 1024)   # widths of the NTP-vs-μP experiment
-    cl_tasks: int = 5                     # permuted-digit tasks
-    cl_epochs: int = 2                    # epochs per task
-    cl_n_train: int = None                # optional stratified subsets of the digits (tiny test runs)
-    cl_n_test: int = None
+    cl: CLSuite = field(default_factory=CLSuite)   # the continual-learning experiments (see `05_cl_experiments`)
+    dmft: DMFTSuite = field(default_factory=DMFTSuite)   # the DMFT experiments (see `12_dmft_experiments`)
     workers: int = None                   # processes for the sweeps and the fusion training (default: one per core)
-    dmft_widths: tuple = (64, 256, 1024, 4096)  # finite widths compared with the two-layer DMFT
-    dmft_seeds: int = 12                  # initialisations per width
-    dmft_gamma0s: tuple = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)  # γ0 grid of the DMFT forgetting curves
-    dmft_eps: tuple = (0.25, 0.5, 0.75)   # cross-task similarities ε
-    dmft_steps: int = 100                 # GD steps per task
-    dmft_S: int = 10_000                  # particles
-    dmft_S_ref: int = 25_000              # particles of each of the 4 reference solves of the convergence study
     fusion_pairs: int = 2                 # fusion: pairs of ViT parents (seeds 2i, 2i+1), results averaged over pairs
     fusion_width: int = 32                # the ViTs' width d (MLP 2d, patch 2 on the 8×8 digits)
     fusion_depth: int = 2                 # their blocks
@@ -73,40 +61,27 @@ class ReproConfig:
     fusion_n_calib: int = 200             # calibration images whose activations define the transport costs
 
     @classmethod
-    def make(cls, quick:bool=True, **kw):
-        "The quick or the full settings, with any field overridden by `kw`"
+    def make(cls, quick:bool=True, cl:dict=None, dmft:dict=None, **kw):
+        "The quick or the full settings, with any field overridden by `kw` (fields of the CL and DMFT suites by the dicts `cl`, `dmft`)"
         full = {} if quick else dict(widths=(64, 128, 256, 512, 1024, 2048, 4096), seeds=tuple(range(6)),
-                                     cl_widths=(64, 256, 1024), cl_gamma0s=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0),
-                                     cl_similarities=(0.0, 0.25, 0.5, 0.75, 0.9), cl_width_widths=(64, 128, 256, 512, 1024, 2048),
-                                     dmft_seeds=24,
-                                     dmft_gamma0s=(0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
-                                     dmft_eps=(0.05, 0.25, 0.5, 0.75, 0.95), dmft_steps=200, dmft_S=40_000,
                                      fusion_pairs=3, fusion_epochs=40, fusion_ft_epochs=8,
                                      fusion_regs=(0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3))
-        return cls(quick=quick, **{**full, **kw})
+        return cls(quick=quick, cl=CLSuite.make(quick, **(cl or {})), dmft=DMFTSuite.make(quick, **(dmft or {})), **{**full, **kw})
 
     @classmethod
     def load(cls, path):
         "The configuration saved in `path` (a `config.json` or the run folder holding one); lists become tuples"
         path = Path(path); path = path/'config.json' if path.is_dir() else path
         d = json.loads(path.read_text())
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"{path} has settings this version of cl_scale does not know: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return _from_dict(cls, d, path)
 
-    def cl_suite(self) -> CLSuite:
-        "The continual-learning experiments' sizes"
-        return CLSuite(widths=self.cl_widths, gamma0s=self.cl_gamma0s, seeds=self.seeds, similarities=self.cl_similarities,
-                       width_widths=self.cl_width_widths, n_tasks=self.cl_tasks, epochs=self.cl_epochs,
-                       n_train=self.cl_n_train, n_test=self.cl_n_test)
-
-@dataclass
-class Claim:
-    "A statement of a paper, the number measured for it, and whether this run agrees"
-    statement: str
-    measured: str
-    agrees: bool
-    def __post_init__(self): self.agrees = bool(self.agrees)     # numpy booleans from comparisons become plain ones
+def _from_dict(cls, d:dict, path):
+    "A config dataclass from its saved dict: nested suites rebuilt, lists as tuples, unknown settings an error"
+    kinds = {f.name: f.type for f in fields(cls)}
+    unknown = set(d) - set(kinds)
+    if unknown: raise ValueError(f"{path} has settings this version of cl_scale does not know: {sorted(unknown)}")
+    nested = {'cl': CLSuite, 'dmft': DMFTSuite}
+    return cls(**{k: _from_dict(nested[k], v, path) if k in nested else tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 @dataclass
 class PartResult:
@@ -120,6 +95,7 @@ class PartResult:
     seconds: float = 0.0
     error: str = None
     reused: bool = False                          # kept from an earlier invocation (`--resume`), not recomputed
+    skipped: bool = False                         # nothing to run here (e.g. its data is not on this machine); see `notes`
 
 # %% ../nbs/30_cli.ipynb #c3957d5b
 def read_table(path, ints=(), strs=(), bools=()) -> list:
@@ -139,12 +115,14 @@ def coord_check_claims(recs:list) -> list:
                 for kind in ('mup', 'ntp')}
         hid = lambda kind: [v for k, v in sl[kind].items() if k.startswith('layers.')]
         fmt = lambda vs: ', '.join(f'{v:+.2f}' for v in vs)
+        crit = (f"Least-squares slope of log RMS change against log width, over the seeds' mean, within ± {tol} of the "
+                f"prediction for every hidden layer (tolerance fixed from the derivation in `00_param`)")
         claims += [
-            Claim(f"μP ({ro} readout): hidden pre-activation change is flat in width (slope 0 ± {tol})",
+            Claim(f"μP ({ro} readout): hidden pre-activation change is flat in width (slope 0)", crit,
                   f"slopes {fmt(hid('mup'))}", all(abs(v) < tol for v in hid('mup'))),
-            Claim(f"NTP ({ro} readout): hidden pre-activation change shrinks like N^{ntp_pred:g} (± {tol})",
+            Claim(f"NTP ({ro} readout): hidden pre-activation change shrinks like N^{ntp_pred:g}", crit,
                   f"slopes {fmt(hid('ntp'))}", all(abs(v - ntp_pred) < tol for v in hid('ntp'))),
-            Claim(f"Output stays O(1) in width under both ({ro} readout; slope 0 ± {tol})",
+            Claim(f"Output stays O(1) in width under both ({ro} readout)", crit.replace('every hidden layer', 'the output'),
                   f"μP {size['mup']:+.2f}, NTP {size['ntp']:+.2f}", all(abs(v) < tol for v in size.values())),
         ]
     return claims
@@ -164,92 +142,76 @@ def part_coord_check(cfg:ReproConfig, out:Path, progress:bool=True, executor=Non
                              f"η0={cfg.lr}, seeds {list(cfg.seeds)}; RMS change of each layer's output since init."))
 
 # %% ../nbs/30_cli.ipynb #6e48a2af
-_CL_TITLES = dict(stationary='Continual learning (1): stationary vs continual training across γ0 and width',
-                  width='Continual learning (2): forgetting vs width, NTP vs μP',
-                  gamma='Continual learning (3): the lazy→rich transition in γ0',
-                  similarity='Continual learning (4): task similarity, the optimal γ0 and the transition')
+def _cl_notes(suite:CLSuite, n:int, n_div:int, kind:str='permuted') -> str:
+    stream = (f"{suite.n_tasks} permuted-image tasks (shared 10-way head)" if kind == 'permuted' else
+              f"{suite.n_tasks} split tasks of 2 classes (one head per task)")
+    return (f"μP/NTP MLPs with {suite.depth} hidden layers on {stream} of {', '.join(suite.datasets)}, about {suite.steps} SGD steps "
+            f"per task, SGD at the η0 chosen per γ0 on a validation split (`cl_lr`), batch 128, cosine schedule restarted per task; "
+            f"seeds {list(suite.seeds)}; points are mean ± standard error over the seeds that did not diverge. {n} runs, "
+            f"{n_div} diverged (counted, left out of every mean).")
+
+def part_cl_lr(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
+    "Run the learning-rate selection of the continual-learning suite; save its table and figure"
+    t = select_lrs(cfg.cl, out/'sweeps.db', executor=executor, workers=cfg.workers, progress=progress)
+    t.to_csv(out/'cl_lr.csv', index=False)
+    fig = plot_lr(pd.read_csv(out/'cl_lr.csv')); fig.savefig(out/'cl_lr.png', dpi=110); plt.close(fig)
+    s = cfg.cl
+    return PartResult('cl_lr', 'Continual learning (0): the learning rate of every γ0, chosen on a validation split',
+                      figures=['cl_lr.png'], tables=['cl_lr.csv'],
+                      notes=(f"The first {s.lr_tasks} tasks, trained as in the runs, at η0 in {list(s.lrs)}, at every width where "
+                             f"the effective γ0 is used, seeds {list(s.lr_seeds)}; learning accuracy on {s.val_frac:.0%} of the "
+                             f"training images held out (never the test split). Chosen: the best mean validation learning accuracy "
+                             f"below the first η0 at which any run diverged. Tried before: one η0 for every γ0 (the paper's "
+                             f"protocol) left γ0 ≥ 1 past SGD's stability edge and the lazy end under-trained; a selection on the "
+                             f"first task alone chose rates at the edge of stability that failed after the task switch "
+                             f"(`05_cl_experiments`, `90_cl_experiments`)."))
 
 def _cl_part(name:str):
     "The reproduce part that runs the continual-learning experiment `name` of `EXPERIMENTS`"
-    table, claims, plot = EXPERIMENTS[name]
+    exp = EXPERIMENTS[name]
     def part(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
-        suite = cfg.cl_suite()
+        suite = cfg.cl
+        if name == 'cifar' and not suite.cifar_available():
+            from cl_scale.data import data_root
+            return PartResult(f'cl_{name}', exp.title, skipped=True,
+                              notes=(f"Skipped: torchvision's CIFAR-10 was not found under {data_root(suite.data_root)!r} "
+                                     f"(cl_scale never downloads; put the files there or set $CL_SCALE_DATA)."))
         df = run_suite(suite, out/'sweeps.db', executor=executor, workers=cfg.workers, progress=progress, only=[name])[name]
-        table(df).to_csv(out/f'cl_{name}.csv', index=False)
-        fig = plot(pd.read_csv(out/f'cl_{name}.csv')); fig.savefig(out/f'cl_{name}.png', dpi=110); plt.close(fig)
-        b = suite.base()
-        notes = (f"μP/NTP MLPs with {suite.depth} hidden layers on {suite.n_tasks} permuted-digit tasks (shared 10-way head), "
-                 f"{suite.epochs} epochs per task, SGD η0 = {b.train['lr']:g}, batch 128, cosine schedule restarted per task; "
-                 f"seeds {list(suite.seeds)}; points are mean ± standard error over seeds. {len(df)} runs, "
-                 f"{int(df.diverged.sum())} diverged (left out of the means).")
-        return PartResult(f'cl_{name}', _CL_TITLES[name], figures=[f'cl_{name}.png'], tables=[f'cl_{name}.csv'], notes=notes)
+        runs = runs_table(df); runs.to_csv(out/f'cl_{name}_runs.csv', index=False)
+        summary(pd.read_csv(out/f'cl_{name}_runs.csv'), exp.by).to_csv(out/f'cl_{name}.csv', index=False)
+        fig = exp.plot(pd.read_csv(out/f'cl_{name}.csv')); fig.savefig(out/f'cl_{name}.png', dpi=110); plt.close(fig)
+        return PartResult(f'cl_{name}', exp.title, figures=[f'cl_{name}.png'], tables=[f'cl_{name}.csv', f'cl_{name}_runs.csv'],
+                          notes=_cl_notes(suite, len(runs), int(runs.diverged.sum()), 'split' if name in ('split', 'cifar') else 'permuted'))
     part.__name__ = part.__qualname__ = f'part_cl_{name}'
-    part.__doc__ = f"Run the continual-learning experiment {name!r}; save its table and figure"
+    part.__doc__ = f"Run the continual-learning experiment {name!r}; save its tables and figure"
     return part
 
 def _cl_claims(name:str):
-    "The claims function of the continual-learning part `name`: its experiment's claims, from the saved table"
-    def claims(out:Path) -> list: return [Claim(**c) for c in EXPERIMENTS[name][1](pd.read_csv(Path(out)/f'cl_{name}.csv'))]
+    "The claims function of the continual-learning part `name`: its experiment's claims, from the saved table of runs"
+    def claims(out:Path) -> list:
+        f = Path(out)/f'cl_{name}_runs.csv'
+        return EXPERIMENTS[name].claims(pd.read_csv(f)) if f.exists() else []
     claims.__name__ = claims.__qualname__ = f'cl_{name}_claims'
     return claims
 
+def _cl_lr_claims(out:Path) -> list: return lr_claims(pd.read_csv(Path(out)/'cl_lr.csv'))
+
 # %% ../nbs/30_cli.ipynb #73d5793e
-def dmft_claims(conv:list, forg:list) -> list:
-    "The DMFT claims checked against the saved convergence and forgetting records"
-    w = np.array([r['width'] for r in conv], dtype=float)
-    slope = lambda k: float(np.polyfit(np.log(w), np.log([r[k] for r in conv]), 1)[0])
-    gaps = [r['gap'] for r in conv]
-    g0s, epss = sorted({r['gamma0'] for r in forg}), sorted({r['eps'] for r in forg})
-    at = lambda g, e, k: next(r[k] for r in forg if r['gamma0'] == g and r['eps'] == e)
-    lazy_err = max(at(g0s[0], e, 'lazy_max_diff') for e in epss)
-    rich = [(e, at(g0s[0], e, 'forgetting'), at(g0s[-1], e, 'forgetting')) for e in epss]
-    return [
-        Claim("Finite μP networks approach the DMFT: loss-curve fluctuation shrinks like N^-1/2 (slope −0.5 ± 0.12)",
-              f"slope {slope('fluct'):+.2f} over widths {[int(x) for x in w]}", abs(slope('fluct') + 0.5) < 0.12),
-        Claim("The gap to the DMFT shrinks at every step up in width", ', '.join(f"{g:.4f}" for g in gaps),
-              bool(np.all(np.diff(gaps) < 0))),
-        Claim(f"Lazy limit: at γ0={g0s[0]:g} the solver's loss curves match the closed form with the analytic kernel (max |Δ| < 0.02)",
-              f"max |Δ| = {lazy_err:.4f}", lazy_err < 0.02),
-        Claim(f"Forgetting is larger in the rich regime (γ0={g0s[-1]:g}) than in the lazy one (γ0={g0s[0]:g}) at every ε",
-              '; '.join(f"ε={e:g}: {lo:.4f} → {hi:.4f}" for e, lo, hi in rich), all(hi > lo for _, lo, hi in rich)),
-    ]
+def _dmft_part(name:str):
+    "The reproduce part that runs the DMFT experiment `name` of `12_dmft_experiments`"
+    run = DMFT_EXPERIMENTS[name][0]
+    def part(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
+        r = run(cfg.dmft, out, progress=progress)
+        return PartResult(f'dmft_{name}', DMFT_TITLES[name], figures=list(r['figures']), tables=list(r['tables']), notes=r['notes'])
+    part.__name__ = part.__qualname__ = f'part_dmft_{name}'
+    part.__doc__ = f"Run the DMFT experiment {name!r}; save its tables and figures"
+    return part
 
-def _dmft_part_claims(out:Path) -> list:
-    return dmft_claims(read_table(Path(out)/'dmft_convergence.csv', ints=('width',)), read_table(Path(out)/'dmft_forgetting.csv'))
-
-def part_dmft(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
-    "Finite widths vs the two-layer DMFT, and DMFT forgetting over γ0 × ε; records and figures"
-    conv_prob = similarity_problem(0.5, n_tasks=2, P=30, D=20)
-    st = convergence_study(conv_prob, cfg.dmft_widths, 1.0, cfg.dmft_steps, seeds=range(cfg.dmft_seeds), S_ref=cfg.dmft_S_ref,
-                           progress=progress)
-    with open(out/'dmft_convergence.csv', 'w', newline='') as f:
-        w = csv.writer(f); w.writerow(['width', 'gap', 'bias', 'fluct'])
-        w.writerows(zip(st['widths'], st['gap'], st['bias'], st['fluct']))
-    fig = plot_convergence(st, 'μP, γ0 = 1, ε = 0.5: finite widths vs the DMFT'); fig.savefig(out/'dmft_convergence.png', dpi=110); plt.close(fig)
-    recs, n = [], cfg.dmft_steps
-    for e in tqdm(cfg.dmft_eps, desc='DMFT ε', disable=not progress, leave=False):
-        prob = similarity_problem(e, n_tasks=2, P=30, D=100)
-        lz = lazy_two_layer(prob, n)
-        for g in cfg.dmft_gamma0s:
-            r = solve_two_layer(prob, g, n, S=cfg.dmft_S)
-            recs.append(dict(eps=e, gamma0=g, forgetting=float(r.forgetting()[0]), lazy_forgetting=float(lz[-1, 0] - lz[n, 0]),
-                             lazy_max_diff=float(np.abs(r.loss - lz).max())))
-    with open(out/'dmft_forgetting.csv', 'w', newline='') as f:
-        w = csv.DictWriter(f, list(recs[0])); w.writeheader(); w.writerows(recs)
-    forg = read_table(out/'dmft_forgetting.csv')
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for i, e in enumerate(cfg.dmft_eps):
-        rs = [r for r in forg if r['eps'] == e]
-        l, = ax.plot([r['gamma0'] for r in rs], [r['forgetting'] for r in rs], marker='o', label=f"ε = {e:g}")
-        ax.axhline(rs[0]['lazy_forgetting'], ls='--', lw=0.8, c=l.get_color())
-    ax.set(xscale='log', xlabel='γ0', ylabel='forgetting (rise of task-1 ½MSE)', title='two-layer DMFT (dashed: lazy limit)')
-    ax.legend(fontsize=8); fig.tight_layout(); fig.savefig(out/'dmft_forgetting.png', dpi=110); plt.close(fig)
-    return PartResult('dmft', 'DMFT: finite widths converge to the theory; forgetting from lazy to rich',
-                      figures=['dmft_convergence.png', 'dmft_forgetting.png'], tables=['dmft_convergence.csv', 'dmft_forgetting.csv'],
-                      notes=(f"Two-layer ReLU network, μP, full-batch GD at η0 = 1, {cfg.dmft_steps} steps per task, 2 tasks × 30 "
-                             f"samples with shared ±1 targets. Convergence: ε = 0.5, γ0 = 1, widths {list(cfg.dmft_widths)}, "
-                             f"{cfg.dmft_seeds} seeds each, reference = solver with 4 × {cfg.dmft_S_ref} particles. Forgetting: solver with "
-                             f"S = {cfg.dmft_S} particles, γ0 in {list(cfg.dmft_gamma0s)}, ε in {list(cfg.dmft_eps)}."))
+def _dmft_claims(name:str):
+    "The claims function of the DMFT part `name`, from the tables saved in the run folder"
+    def claims(out:Path) -> list: return DMFT_EXPERIMENTS[name][1](Path(out))
+    claims.__name__ = claims.__qualname__ = f'dmft_{name}_claims'
+    return claims
 
 # %% ../nbs/30_cli.ipynb #9c39db56
 def train_classifier(model, x, y, epochs:int, lr:float, seed:int, bs:int=64, weight_decay:float=0.05,
@@ -338,6 +300,8 @@ def best_reg(one:pd.DataFrame) -> float:
     v = s.groupby('reg').val.mean()
     return float(v.index[np.argmax(v.values)])
 
+FUSION_CHANCE = 0.1     # ten digit classes
+
 def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame) -> list:
     "The transformer-fusion claims checked against the saved one-shot and finetune tables"
     pct = lambda v: f"{100 * v:.1f}%"
@@ -347,15 +311,19 @@ def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame) -> list:
     vf, emd = one[one.method == 'vanilla'].test.mean(), one[one.method == 'emd'].test.mean()
     bp = ft[['parent_a_ft', 'parent_b_ft']].max(axis=1)
     wins = int((ft.ot_ft > bp).sum())
+    beats = lambda a, b: 'inconclusive' if max(a, b) < FUSION_CHANCE + 0.05 else 'agrees' if a > b else 'disagrees'
+    crit = (f"Mean test accuracy over the {n} pair(s) higher (no standard error is claimed with this few pairs); both below "
+            f"chance + 5 points ({pct(FUSION_CHANCE + 0.05)}): inconclusive")
     return [
-        Claim("Soft OT fusion (Sinkhorn, λ chosen on the validation split) beats vanilla averaging one-shot",
-              f"λ = {best:g}: {pct(soft)} vs {pct(vf)} (test, mean of {n} pairs)", soft > vf),
-        Claim("Soft alignment beats hard alignment (exact OT, EMD) one-shot", f"{pct(soft)} vs {pct(emd)}", soft > emd),
-        Claim("The best Sinkhorn λ lies inside the grid, not at one of its ends",
+        Claim("Soft OT fusion (Sinkhorn, λ chosen on the validation split) beats vanilla averaging one-shot", crit,
+              f"λ = {best:g}: {pct(soft)} vs {pct(vf)} (test, mean of {n} pairs)", beats(soft, vf)),
+        Claim("Soft alignment beats hard alignment (exact OT, EMD) one-shot", crit, f"{pct(soft)} vs {pct(emd)}", beats(soft, emd)),
+        Claim("The best Sinkhorn λ lies inside the grid, not at one of its ends", "λ chosen on validation strictly inside the λ grid",
               f"λ = {best:g} in [{', '.join(f'{r:g}' for r in regs)}] (validation)", len(regs) > 2 and regs[0] < best < regs[-1]),
-        Claim("After the same short finetune, OT fusion beats vanilla averaging",
-              f"{pct(ft.ot_ft.mean())} vs {pct(ft.vf_ft.mean())}", ft.ot_ft.mean() > ft.vf_ft.mean()),
+        Claim("After the same short finetune, OT fusion beats vanilla averaging", crit,
+              f"{pct(ft.ot_ft.mean())} vs {pct(ft.vf_ft.mean())}", beats(ft.ot_ft.mean(), ft.vf_ft.mean())),
         Claim("OT fusion + finetune beats the parents given the same extra budget (the better finetuned parent, in most pairs)",
+              "Fused + finetuned model more accurate on the test split than the better finetuned parent in more than half the pairs",
               f"{pct(ft.ot_ft.mean())} vs {pct(bp.mean())}; better in {wins} of {n} pairs", wins > n / 2),
     ]
 
@@ -442,10 +410,12 @@ def part_fusion(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) ->
 # %% ../nbs/30_cli.ipynb #5c90fc18
 def _coord_check_part_claims(out:Path) -> list: return coord_check_claims(_read_records(Path(out)/'coord_check.csv'))
 
-PARTS = {'coord_check': part_coord_check, **{f'cl_{k}': _cl_part(k) for k in EXPERIMENTS}, 'dmft': part_dmft, 'fusion': part_fusion}
-CLAIMS = {'coord_check': _coord_check_part_claims, **{f'cl_{k}': _cl_claims(k) for k in EXPERIMENTS}, 'dmft': _dmft_part_claims,
-          'fusion': _fusion_part_claims}
-GROUPS = dict(cl=['coord_check'] + [f'cl_{k}' for k in EXPERIMENTS], dmft=['dmft'], fusion=['fusion'])
+PARTS = {'coord_check': part_coord_check, 'cl_lr': part_cl_lr, **{f'cl_{k}': _cl_part(k) for k in EXPERIMENTS},
+         **{f'dmft_{k}': _dmft_part(k) for k in DMFT_EXPERIMENTS}, 'fusion': part_fusion}
+CLAIMS = {'coord_check': _coord_check_part_claims, 'cl_lr': _cl_lr_claims, **{f'cl_{k}': _cl_claims(k) for k in EXPERIMENTS},
+          **{f'dmft_{k}': _dmft_claims(k) for k in DMFT_EXPERIMENTS}, 'fusion': _fusion_part_claims}
+GROUPS = dict(cl=['coord_check', 'cl_lr'] + [f'cl_{k}' for k in EXPERIMENTS], dmft=[f'dmft_{k}' for k in DMFT_EXPERIMENTS],
+              fusion=['fusion'])
 
 def part_names(only=None) -> list:
     "The parts named by `only` (part or group names, a list or a comma-separated string; default all), in the order of `PARTS`"
@@ -474,11 +444,20 @@ def _read_csv(out, t):
 def _status(p) -> str:
     if p is None: return 'not run yet'
     if p.error: return 'FAILED'
-    return f"{sum(c.agrees for c in p.claims)}/{len(p.claims)} claims agree"
+    if p.skipped: return 'skipped'
+    return verdict_counts(p.claims)
+
+def verdict_counts(claims) -> str:
+    "'a agree, d disagree, i inconclusive (of n claims)' for a list of claims (or their dicts)"
+    v = [c['verdict'] if isinstance(c, dict) else c.verdict for c in claims]
+    return f"{v.count('agrees')} agree, {v.count('disagrees')} disagree, {v.count('inconclusive')} inconclusive (of {len(v)})"
+
+_MARKS = {'agrees': ('yes', '✓ agrees', '✅ agrees'), 'disagrees': ('no', '✗ disagrees', '❌ disagrees'),
+          'inconclusive': ('unsure', '? inconclusive', '❔ inconclusive')}
 
 def _verdict(c, html_=False) -> str:
-    if html_: return '<td class="yes">✓ agrees</td>' if c.agrees else '<td class="no">✗ disagrees</td>'   # fonts without emoji
-    return '✅ yes' if c.agrees else '❌ no'
+    cls, h, md = _MARKS[c.verdict]
+    return f'<td class="{cls}">{h}</td>' if html_ else md     # HTML: fonts without emoji
 
 def md_report(cfg:ReproConfig, plan:list, parts:dict, meta:dict, out) -> str:
     "The Markdown report of a run: summary, per part its figures, claims and numbers; configuration and versions"
@@ -498,8 +477,9 @@ def md_report(cfg:ReproConfig, plan:list, parts:dict, meta:dict, out) -> str:
         if p.error: L += ["**This part failed:**", "", "```", p.error.rstrip(), "```", ""]
         L += [f"![{p.name}]({f})" for f in p.figures] + [""]
         if p.claims:
-            L += ["| claim | measured | agrees |", "|---|---|---|"]
-            L += [f"| {esc(c.statement)} | {esc(c.measured)} | {_verdict(c)} |" for c in p.claims] + [""]
+            L += ["| claim (the paper) | criterion (fixed before the run) | measured | interval | verdict |", "|---|---|---|---|---|"]
+            L += [f"| {esc(c.statement)} | {esc(c.criterion)} | {esc(c.measured)} | {esc(c.interval)} | {_verdict(c)} |"
+                  for c in p.claims] + [""]
         for t in p.tables:
             df = _read_csv(out, t)
             if df is None: continue
@@ -521,6 +501,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:
 h1{font-size:1.8em;border-bottom:2px solid #ddd;padding-bottom:.2em} h2{margin-top:2.2em;border-bottom:1px solid #e5e5e5;padding-bottom:.15em}
 table{border-collapse:collapse;margin:.7em 0;font-size:.88em} th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f4f6f8} td.yes{background:#e7f6e7;white-space:nowrap} td.no{background:#fde8e8;white-space:nowrap}
+td.unsure{background:#fff6dc;white-space:nowrap} td.crit{color:#444;font-size:.93em}
 td.failed{color:#b00020;font-weight:600} .meta{color:#555;font-size:.92em} .notes{font-size:.95em}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0} pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.82em}
 pre.error{background:#fff2f2;border-left:4px solid #b00020} details{margin:.4em 0} summary{cursor:pointer;color:#1a4f8a}
@@ -552,8 +533,10 @@ def html_report(cfg:ReproConfig, plan:list, parts:dict, meta:dict, out) -> str:
         if p.error: H += ['<p class="failed"><b>This part failed:</b></p>', f'<pre class="error">{e(p.error.rstrip())}</pre>']
         H += [f'<figure><img src="{e(f)}" alt="{e(p.name)}: {e(f)}"></figure>' for f in p.figures]
         if p.claims:
-            H.append('<table><tr><th>claim (the paper)</th><th>measured in this run</th><th>verdict</th></tr>')
-            H += [f'<tr><td>{e(c.statement)}</td><td>{e(c.measured)}</td>{_verdict(c, True)}</tr>' for c in p.claims]
+            H.append('<table><tr><th>claim (the paper)</th><th>criterion (fixed before the run)</th><th>measured in this run</th>'
+                     '<th>interval</th><th>verdict</th></tr>')
+            H += [f'<tr><td>{e(c.statement)}</td><td class="crit">{e(c.criterion)}</td><td>{e(c.measured)}</td><td>{e(c.interval)}</td>'
+                  f'{_verdict(c, True)}</tr>' for c in p.claims]
             H.append('</table>')
         for t in p.tables:
             df = _read_csv(out, t)
@@ -580,10 +563,11 @@ def load_part(out, name:str) -> PartResult:
     f = Path(out)/'parts'/f'{name}.json'
     if not f.exists(): return None
     d = json.loads(f.read_text())
-    return PartResult(**{**d, 'claims': [Claim(**c) for c in d['claims']]})
+    return PartResult(**{**d, 'claims': [Claim.from_dict(c) for c in d['claims']]})
 
 def _finished(p:PartResult, out:Path) -> bool:
-    return p is not None and p.error is None and all((out/f).exists() for f in p.figures + p.tables)
+    "Finished: no error, not skipped (its data may be here now), and every file it listed still exists"
+    return p is not None and p.error is None and not p.skipped and all((out/f).exists() for f in p.figures + p.tables)
 
 def _describe(executor, cfg) -> str:
     if executor is None: return f"local: {cfg.workers or os.cpu_count()} worker process(es)"
@@ -683,6 +667,6 @@ def reproduce(
     print(f"[cl-scale-reproduce] report: {run/'report.html'} (and report.md)")
     res = json.loads((run/'results.json').read_text())
     for p in res['parts']:
-        status = 'FAILED' if p['error'] else f"{sum(c['agrees'] for c in p['claims'])}/{len(p['claims'])} claims agree"
+        status = 'FAILED' if p['error'] else 'skipped' if p.get('skipped') else verdict_counts(p['claims'])
         print(f"  {p['name']}: {status} ({p['seconds']:.1f} s{', earlier run' if p['reused'] else ''})")
     return 1 if any(p['error'] for p in res['parts']) else 0
