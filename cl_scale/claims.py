@@ -13,10 +13,10 @@ import pandas as pd
 from scipy.stats import norm
 
 # %% auto #0
-__all__ = ['K_SE', 'LEVEL', 'N_BOOT', 'MIN_SHIFT', 'VERDICTS', 'Claim', 'Check', 'worst', 'combine', 'make_claim', 'curve',
-           'mean_se', 'difference', 'paired', 'k_reversal', 'trend', 'half_rise', 'crossing', 'rise_width', 'bootstrap',
-           'interval', 'optimum', 'fmt_interval', 'u_shape', 'shift_interval', 'shift', 'overlap', 'slope', 'sign_of',
-           'equivalent', 'learned']
+__all__ = ['K_SE', 'LEVEL', 'N_BOOT', 'MIN_SHIFT', 'VERDICTS', 'Claim', 'show_claims', 'Check', 'worst', 'combine', 'make_claim',
+           'curve', 'mean_se', 'difference', 'paired', 'k_reversal', 'trend', 'half_rise', 'crossing', 'rise_width',
+           'bootstrap', 'interval', 'optimum', 'fmt_interval', 'u_shape', 'shift_interval', 'shift', 'overlap', 'slope',
+           'sign_of', 'equivalent', 'learned']
 
 # %% ../nbs/04_claims.ipynb #01484e7b
 K_SE = 2.0          # a difference counts when it exceeds K_SE combined standard errors
@@ -44,6 +44,11 @@ class Claim:
 
     def to_dict(self) -> dict: return asdict(self)
 
+    def __str__(self) -> str:
+        "The claim as the notebooks print it: [verdict] statement, then criterion, measured and interval"
+        return (f"[{self.verdict}] {self.statement}\n  criterion: {self.criterion}\n  measured:  {self.measured}"
+                + (f"\n  interval:  {self.interval}" if self.interval else ''))
+
     @classmethod
     def from_dict(cls, d:dict) -> Claim:
         "A claim from its saved dict (older reports saved `agrees` and no `verdict` or `criterion`)"
@@ -51,6 +56,11 @@ class Claim:
         if 'verdict' not in d: d['verdict'] = 'agrees' if d.get('agrees') else 'disagrees'
         d.setdefault('criterion', '')
         return cls(**{k: d[k] for k in (f.name for f in fields(cls)) if k in d})
+
+# %% ../nbs/04_claims.ipynb #f0de65ef
+def show_claims(claims):
+    "Print each claim (`str(Claim)`), separated by blank lines"
+    for c in claims: print(f"{c}\n")
 
 # %% ../nbs/04_claims.ipynb #93bf76a4
 @dataclass
