@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/cli.html.md"""
 
 # %% ../nbs/30_cli.ipynb #3e59d87f
 from __future__ import annotations
-import csv, html, json, math, os, platform, time, traceback
+import csv, html, json, math, os, platform, re, time, traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, asdict, fields, replace
 from datetime import datetime
@@ -511,6 +511,7 @@ table.numbers td{font-variant-numeric:tabular-nums} code{background:#f3f3f3;padd
 def html_report(cfg:ReproConfig, plan:list, parts:dict, meta:dict, out) -> str:
     "The HTML report of a run (same content as `md_report`): a self-contained page, figures linked by relative path"
     e = lambda t: html.escape(str(t))
+    t_ = lambda t: re.sub(r'`([^`]+)`', r'<code>\1</code>', e(t))     # prose: `code` spans as <code>
     H = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
          f'<title>cl_scale reproduction report {e(meta["started"])}</title><style>{_CSS}</style></head><body>',
          '<h1>cl_scale reproduction report</h1>',
@@ -529,13 +530,13 @@ def html_report(cfg:ReproConfig, plan:list, parts:dict, meta:dict, out) -> str:
         p = parts[n]
         H += [f'<h2 id="{e(n)}">{e(p.title)}</h2>',
               f'<p class="meta">Part <code>{e(p.name)}</code> · {p.seconds:.1f} s{" · from an earlier run" if p.reused else ""}</p>',
-              f'<p class="notes">{e(p.notes)}</p>']
+              f'<p class="notes">{t_(p.notes)}</p>']
         if p.error: H += ['<p class="failed"><b>This part failed:</b></p>', f'<pre class="error">{e(p.error.rstrip())}</pre>']
         H += [f'<figure><img src="{e(f)}" alt="{e(p.name)}: {e(f)}"></figure>' for f in p.figures]
         if p.claims:
             H.append('<table><tr><th>claim (the paper)</th><th>criterion (fixed before the run)</th><th>measured in this run</th>'
                      '<th>interval</th><th>verdict</th></tr>')
-            H += [f'<tr><td>{e(c.statement)}</td><td class="crit">{e(c.criterion)}</td><td>{e(c.measured)}</td><td>{e(c.interval)}</td>'
+            H += [f'<tr><td>{t_(c.statement)}</td><td class="crit">{t_(c.criterion)}</td><td>{t_(c.measured)}</td><td>{t_(c.interval)}</td>'
                   f'{_verdict(c, True)}</tr>' for c in p.claims]
             H.append('</table>')
         for t in p.tables:

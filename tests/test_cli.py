@@ -85,7 +85,7 @@ def test_claims_are_computed_from_the_saved_tables(run, results):
         assert [asdict(c) for c in load_part(run, p['name']).claims] == recomputed
         for c in recomputed:
             cls, mark = cli._MARKS[c['verdict']][:2]
-            e = html.escape
+            e = lambda t: re.sub(r'`([^`]+)`', r'<code>\1</code>', html.escape(t))    # prose in the page: `code` as <code>
             assert (f"<td>{e(c['statement'])}</td><td class=\"crit\">{e(c['criterion'])}</td><td>{e(c['measured'])}</td>"
                     f"<td>{e(c['interval'])}</td><td class=\"{cls}\">{mark}</td>") in page
             assert c['measured'].replace('|', '\\|') in md
