@@ -12,10 +12,17 @@ from pathlib import Path
 from fastcore.script import call_parse, CliError
 from fastcore.nbio import read_nb, nb2dict, md_frontmatter, cell_frontmatter, nb_frontmatter
 from fastcore.xtras import working_directory
-from nbdev.config import get_config, is_nbdev, nbpath2html
-from nbdev.process import NBProcessor
-from nbdev.test import _skip_cell
-from nbdev.showdoc import show_doc, showdoc_nm
+try:        # nbdev's public API only; nbdev is in the `docs` extra, so the rest of cl_scale runs without it
+    from nbdev.config import get_config, is_nbdev, nbpath2html
+    from nbdev.process import NBProcessor
+    from nbdev.test import nb_test_cells
+    from nbdev.showdoc import show_doc, showdoc_nm
+    _NBDEV_MISSING = None
+except ImportError as e: _NBDEV_MISSING = e
+
+def _need_nbdev():
+    "Say how to install nbdev when it is missing (every entry point of this module calls this first)"
+    if _NBDEV_MISSING is not None: raise CliError(f"cl-scale-docs needs nbdev: pip install 'cl_scale[docs]' ({_NBDEV_MISSING})")
 from tqdm import tqdm
 
 # %% auto #0
@@ -54,12 +61,14 @@ def load_nb(
     cell_timeout:int=None, # Seconds before a cell times out (None: no limit)
 ):
     "Read (and by default execute) the notebook at `nb_path`; returns the notebook and the namespace it ran in"
+    _need_nbdev()
     from execnb.shell import CaptureShell
     from IPython.core.interactiveshell import InteractiveShell
     fn = Path(nb_path).resolve()
     nb = NBProcessor(fn, rm_directives=False).nb    # cells get `directives_`
     if not execute: return nb, None
-    skip = _skip_cell(nb, skip_flags, force_flags)
+    run = {c.idx_ for c in nb_test_cells(fn, skip_flags, force_flags)}    # the cells `nbdev-test` runs
+    skip = lambda cell: cell.idx_ not in run
     prev_shell, prev_test = InteractiveShell._instance, os.environ.get('IN_TEST')
     os.environ['IN_TEST'] = '1'
     k = CaptureShell(fn, profile=bool(get_config(fn.parent).exec_profile))
@@ -269,6 +278,7 @@ def write_readme(
     execute:bool=True, # Run the notebook first, for its outputs?
 ) -> Path:
     "Write `README.md` from the notebook at `nb_path`, as `nbdev-readme` does"
+    _need_nbdev()
     cfg = get_config(Path(nb_path).resolve().parent)
     nb, _ = load_nb(nb_path, execute=execute, skip_flags=_flags(cfg.tst_flags), cell_timeout=cfg.cell_timeout)
     out = Path(out_path or cfg.config_path/'README.md')
@@ -290,7 +300,7 @@ def build_docs(
     quiet:bool=False, # No progress bar or summary
 ) -> list:
     "Render notebooks to an HTML site with a sidebar, figures and typeset maths, without Quarto or a network"
-    _need_nbconvert()
+    _need_nbdev(); _need_nbconvert()
     cfg = get_config(nbs_path if nbs_path and is_nbdev(nbs_path) else None)
     nbs_path = Path(nbs_path) if nbs_path else cfg.path('nbs_path')
     dest = Path(dest) if dest else cfg.path('doc_path')
