@@ -6,15 +6,12 @@ Docs: https://cl-scale.github.io/cl_scale/cli.html.md"""
 
 # %% ../nbs/30_cli.ipynb #3e59d87f
 from __future__ import annotations
-import csv, html, json, math, os, platform, re, time, traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import csv, html, json, os, platform, re, time, traceback
 from dataclasses import dataclass, field, asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
-import multiprocessing
 import numpy as np
 import torch
-import torch.nn.functional as F
 import matplotlib
 import matplotlib.pyplot as plt
 from fastcore.script import call_parse
@@ -24,16 +21,12 @@ from .claims import Claim
 from .cl_experiments import CLSuite, EXPERIMENTS, run_suite, select_lrs, lr_claims, plot_lr, runs_table, summary
 import pandas as pd
 from .dmft_experiments import DMFTSuite, EXPERIMENTS as DMFT_EXPERIMENTS, TITLES as DMFT_TITLES
-from .data import load_dataset, stratified_subset
-from .models import ViT
-from .fusion import fuse, vanilla_average, model_output
-from tqdm.auto import tqdm
+from .fusion_experiments import FusionSuite, run_fusion, fusion_claims_from, TITLE as FUSION_TITLE
 
 # %% auto #0
-__all__ = ['FUSION_CHANCE', 'PARTS', 'CLAIMS', 'GROUPS', 'ReproConfig', 'PartResult', 'read_table', 'coord_check_claims',
-           'part_coord_check', 'part_cl_lr', 'train_classifier', 'accuracy', 'fusion_splits', 'train_models',
-           'best_reg', 'fusion_claims', 'plot_fusion', 'part_fusion', 'part_names', 'claims_for', 'verdict_counts',
-           'md_report', 'html_report', 'load_part', 'write_reports', 'run_reproduce', 'connect', 'reproduce']
+__all__ = ['PARTS', 'CLAIMS', 'GROUPS', 'ReproConfig', 'PartResult', 'read_table', 'coord_check_claims', 'part_coord_check',
+           'part_cl_lr', 'part_fusion', 'part_names', 'claims_for', 'verdict_counts', 'md_report', 'html_report',
+           'load_part', 'write_reports', 'run_reproduce', 'connect', 'reproduce']
 
 # %% ../nbs/30_cli.ipynb #7af9d567
 @dataclass
@@ -48,31 +41,23 @@ class ReproConfig:
     depth: int = 3                        # hidden layers of the coordinate-check MLP
     cl: CLSuite = field(default_factory=CLSuite)   # the continual-learning experiments (see `05_cl_experiments`)
     dmft: DMFTSuite = field(default_factory=DMFTSuite)   # the DMFT experiments (see `12_dmft_experiments`)
+    fusion: FusionSuite = field(default_factory=FusionSuite)   # the fusion experiment (see `24_fusion_experiments`)
     workers: int = None                   # processes for the sweeps and the fusion training (default: one per core)
-    fusion_pairs: int = 2                 # fusion: pairs of ViT parents (seeds 2i, 2i+1), results averaged over pairs
-    fusion_width: int = 32                # the ViTs' width d (MLP 2d, patch 2 on the 8×8 digits)
-    fusion_depth: int = 2                 # their blocks
-    fusion_heads: int = 4                 # their attention heads
-    fusion_epochs: int = 20               # the parents' training epochs
-    fusion_ft_epochs: int = 4             # the finetune's epochs (the same extra budget for every model)
-    fusion_regs: tuple = (0.02, 0.04, 0.08, 0.15, 0.3)  # Sinkhorn λ grid; the λ used is chosen on the validation split
-    fusion_n_train: int = None            # optional stratified subset of the training images (tiny test runs)
-    fusion_n_val: int = 200               # validation images (λ is chosen on them, never on the test split)
-    fusion_n_calib: int = 200             # calibration images whose activations define the transport costs
 
     @classmethod
-    def make(cls, quick:bool=True, cl:dict=None, dmft:dict=None, **kw):
-        "The quick or the full settings, with any field overridden by `kw` (fields of the CL and DMFT suites by the dicts `cl`, `dmft`)"
-        full = {} if quick else dict(widths=(64, 128, 256, 512, 1024, 2048, 4096), seeds=tuple(range(6)),
-                                     fusion_pairs=3, fusion_epochs=40, fusion_ft_epochs=8,
-                                     fusion_regs=(0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3))
-        return cls(quick=quick, cl=CLSuite.make(quick, **(cl or {})), dmft=DMFTSuite.make(quick, **(dmft or {})), **{**full, **kw})
+    def make(cls, quick:bool=True, cl:dict=None, dmft:dict=None, fusion:dict=None, **kw):
+        "The quick or the full settings, with any field overridden by `kw` (fields of the three suites by the dicts `cl`, `dmft`, `fusion`)"
+        full = {} if quick else dict(widths=(64, 128, 256, 512, 1024, 2048, 4096), seeds=tuple(range(6)))
+        return cls(quick=quick, cl=CLSuite.make(quick, **(cl or {})), dmft=DMFTSuite.make(quick, **(dmft or {})),
+                   fusion=FusionSuite.make(quick, **(fusion or {})), **{**full, **kw})
 
     @classmethod
     def load(cls, path):
         "The configuration saved in `path` (a `config.json` or the run folder holding one); lists become tuples"
         path = Path(path); path = path/'config.json' if path.is_dir() else path
         d = json.loads(path.read_text())
+        flat = {k: d.pop(k) for k in [k for k in d if k.startswith('fusion_')]}     # saved before the fusion suite existed
+        if flat: d['fusion'] = {**{k[len('fusion_'):]: v for k, v in flat.items()}, **d.get('fusion', {})}
         return _from_dict(cls, d, path)
 
 def _from_dict(cls, d:dict, path):
@@ -80,7 +65,7 @@ def _from_dict(cls, d:dict, path):
     kinds = {f.name: f.type for f in fields(cls)}
     unknown = set(d) - set(kinds)
     if unknown: raise ValueError(f"{path} has settings this version of cl_scale does not know: {sorted(unknown)}")
-    nested = {'cl': CLSuite, 'dmft': DMFTSuite}
+    nested = {'cl': CLSuite, 'dmft': DMFTSuite, 'fusion': FusionSuite}
     return cls(**{k: _from_dict(nested[k], v, path) if k in nested else tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 @dataclass
@@ -213,199 +198,11 @@ def _dmft_claims(name:str):
     claims.__name__ = claims.__qualname__ = f'dmft_{name}_claims'
     return claims
 
-# %% ../nbs/30_cli.ipynb #9c39db56
-def train_classifier(model, x, y, epochs:int, lr:float, seed:int, bs:int=64, weight_decay:float=0.05,
-                     smoothing:float=0.1, on_epoch=None):
-    "Train `model` on (`x`, `y`) with AdamW, a cosine learning-rate schedule and label smoothing; returns it in eval mode"
-    if epochs < 0 or lr <= 0 or bs < 1: raise ValueError(f"need epochs >= 0, lr > 0 and bs >= 1, got {epochs}, {lr}, {bs}")
-    if len(x) != len(y) or not len(x): raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
-    g = torch.Generator().manual_seed(seed)                       # the batch order depends on `seed` only
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps, k = epochs * math.ceil(len(x) / bs), 0
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(bs):
-            for gr in opt.param_groups: gr['lr'] = lr * 0.5 * (1 + math.cos(math.pi * k / steps))
-            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=smoothing)
-            opt.zero_grad(); loss.backward(); opt.step(); k += 1
-        if on_epoch: on_epoch()
-    return model.eval()
-
-def accuracy(model, x, y) -> float:
-    "Fraction of `x` that `model` classifies as `y`"
-    return (model_output(model, x).argmax(-1) == y).float().mean().item()
-
-def fusion_splits(n_val:int=200, n_calib:int=200, n_train:int=None, seed:int=0) -> dict:
-    "The digits for the fusion part: training, validation (balanced), test, and calibration images (drawn from the training ones)"
-    ds = load_dataset('digits', seed=seed)
-    val = stratified_subset(ds.y_train.numpy(), n_val, seed=seed)
-    rest = np.setdiff1d(np.arange(len(ds.y_train)), val)
-    if n_train is not None: rest = rest[stratified_subset(ds.y_train[rest].numpy(), n_train, seed=seed)]
-    if n_calib > len(rest): raise ValueError(f"n_calib={n_calib} exceeds the {len(rest)} training images")
-    calib = np.random.default_rng(seed).choice(rest, n_calib, replace=False)
-    return dict(x_tr=ds.x_train[rest], y_tr=ds.y_train[rest], x_val=ds.x_train[val], y_val=ds.y_train[val],
-                x_te=ds.x_test, y_te=ds.y_test, calib=ds.x_train[calib])
-
-# %% ../nbs/30_cli.ipynb #f216fa6e
-def _train_job(job:dict, on_epoch=None) -> dict:
-    "Train one ViT of the fusion part (in a worker process or in this one); returns its state dict"
-    if job.get('threads'): torch.set_num_threads(job['threads'])
-    torch.manual_seed(job['seed'])
-    m = ViT(**job['vit'])
-    if job.get('init') is not None: m.load_state_dict(job['init'])
-    return train_classifier(m, job['x'], job['y'], job['epochs'], job['lr'], job['seed'], on_epoch=on_epoch).state_dict()
-
-def _pool(executor, workers, n_jobs):
-    "(pool, owned, threads per job): a Dask client's executor, a given executor, a local process pool, or None (this process)"
-    if executor is not None:
-        if hasattr(executor, 'get_executor') and hasattr(executor, 'scheduler_info'): return executor.get_executor(), False, 1
-        if hasattr(executor, 'submit'): return executor, False, None
-        raise TypeError(f"executor must be a dask Client or an object with `submit`, got {executor!r}")
-    cores = os.cpu_count() or 1
-    workers = min(workers or cores, n_jobs)
-    if workers <= 1: return None, False, None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('forkserver')), True, max(1, cores // workers)
-
-def train_models(jobs:list, cache, executor=None, workers:int=None, progress:bool=True, desc:str='training') -> dict:
-    "Train the ViTs of `jobs` (dicts: name, vit config, seed, epochs, lr, x, y, optional init state); {name: state dict}, cached in `cache`"
-    cache = Path(cache); cache.mkdir(parents=True, exist_ok=True)
-    names = [j['name'] for j in jobs]
-    if len(set(names)) != len(names): raise ValueError(f"job names must be distinct, got {names}")
-    out = {j['name']: torch.load(cache/f"{j['name']}.pt") for j in jobs if (cache/f"{j['name']}.pt").exists()}
-    todo = [j for j in jobs if j['name'] not in out]
-    bar = tqdm(total=sum(j['epochs'] for j in jobs), initial=sum(j['epochs'] for j in jobs if j['name'] in out),
-               desc=desc, unit='epoch', disable=not progress, leave=False)
-    def keep(j, sd):
-        tmp = cache/f".{j['name']}.pt.tmp"; torch.save(sd, tmp); tmp.replace(cache/f"{j['name']}.pt")   # never half-written
-        out[j['name']] = sd
-    pool, owned, threads = _pool(executor, workers, len(todo))
-    try:
-        if pool is None:
-            for j in todo: keep(j, _train_job(j, on_epoch=lambda: bar.update(1)))
-        else:
-            futs = {pool.submit(_train_job, {**j, 'threads': threads}): j for j in todo}
-            for f in as_completed(futs): keep(futs[f], f.result()); bar.update(futs[f]['epochs'])
-    except BaseException:
-        if owned: pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally: bar.close()
-    if owned: pool.shutdown()
-    return {n: out[n] for n in names}
-
-# %% ../nbs/30_cli.ipynb #ccffe864
-def best_reg(one:pd.DataFrame) -> float:
-    "The Sinkhorn λ with the best mean validation accuracy over pairs (the smallest one on ties)"
-    s = one[one.method == 'sinkhorn']
-    if not len(s): raise ValueError("the one-shot table has no Sinkhorn rows")
-    v = s.groupby('reg').val.mean()
-    return float(v.index[np.argmax(v.values)])
-
-FUSION_CHANCE = 0.1     # ten digit classes
-
-def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame) -> list:
-    "The transformer-fusion claims checked against the saved one-shot and finetune tables"
-    pct = lambda v: f"{100 * v:.1f}%"
-    best, n = best_reg(one), len(ft)
-    regs = sorted(one[one.method == 'sinkhorn'].reg.unique())
-    soft = one[(one.method == 'sinkhorn') & (one.reg == best)].test.mean()
-    vf, emd = one[one.method == 'vanilla'].test.mean(), one[one.method == 'emd'].test.mean()
-    bp = ft[['parent_a_ft', 'parent_b_ft']].max(axis=1)
-    wins = int((ft.ot_ft > bp).sum())
-    beats = lambda a, b: 'inconclusive' if max(a, b) < FUSION_CHANCE + 0.05 else 'agrees' if a > b else 'disagrees'
-    crit = (f"Mean test accuracy over the {n} pair(s) higher (no standard error is claimed with this few pairs); both below "
-            f"chance + 5 points ({pct(FUSION_CHANCE + 0.05)}): inconclusive")
-    return [
-        Claim("Soft OT fusion (Sinkhorn, λ chosen on the validation split) beats vanilla averaging one-shot", crit,
-              f"λ = {best:g}: {pct(soft)} vs {pct(vf)} (test, mean of {n} pairs)", beats(soft, vf)),
-        Claim("Soft alignment beats hard alignment (exact OT, EMD) one-shot", crit, f"{pct(soft)} vs {pct(emd)}", beats(soft, emd)),
-        Claim("The best Sinkhorn λ lies inside the grid, not at one of its ends", "λ chosen on validation strictly inside the λ grid",
-              f"λ = {best:g} in [{', '.join(f'{r:g}' for r in regs)}] (validation)", len(regs) > 2 and regs[0] < best < regs[-1]),
-        Claim("After the same short finetune, OT fusion beats vanilla averaging", crit,
-              f"{pct(ft.ot_ft.mean())} vs {pct(ft.vf_ft.mean())}", beats(ft.ot_ft.mean(), ft.vf_ft.mean())),
-        Claim("OT fusion + finetune beats the parents given the same extra budget (the better finetuned parent, in most pairs)",
-              "Fused + finetuned model more accurate on the test split than the better finetuned parent in more than half the pairs",
-              f"{pct(ft.ot_ft.mean())} vs {pct(bp.mean())}; better in {wins} of {n} pairs", wins > n / 2),
-    ]
-
-def plot_fusion(one:pd.DataFrame, ft:pd.DataFrame):
-    "One-shot test accuracy against λ (EMD, vanilla, parents for reference), and the accuracies after the finetune"
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw=dict(width_ratios=[1, 1.2]))
-    err = lambda s: 100 * np.nan_to_num(s.std())                   # one pair: no spread
-    s = one[one.method == 'sinkhorn'].groupby('reg').test
-    a0.errorbar(s.mean().index, 100 * s.mean().values, 100 * s.std().fillna(0).values, marker='o', capsize=2, label='soft OT (Sinkhorn)')
-    emd, vf = one[one.method == 'emd'].test, one[one.method == 'vanilla'].test
-    a0.errorbar([s.mean().index.min() / 1.6], [100 * emd.mean()], [err(emd)], marker='s', c='C3', capsize=2, label='hard OT (EMD)')
-    a0.axhline(100 * vf.mean(), ls='--', c='k', label='vanilla average')
-    a0.axhline(100 * pd.concat([ft.parent_a, ft.parent_b]).mean(), ls=':', c='C2', label='parents')
-    a0.axhline(10, ls=':', c='gray', lw=0.8, label='chance')
-    a0.axvline(best_reg(one), c='C0', lw=0.8, alpha=0.5)
-    a0.set(xscale='log', xlabel='Sinkhorn λ (square: EMD; vertical line: λ chosen on validation)',
-           ylabel='one-shot test accuracy (%)', title='one-shot fusion', ylim=(0, 100))
-    a0.minorticks_off(); a0.set_xticks(list(s.mean().index), [f"{r:g}" for r in s.mean().index])
-    a0.legend(fontsize=7)
-    bars = [('parents', ['parent_a', 'parent_b']), ('parents\n+ finetune', ['parent_a_ft', 'parent_b_ft']),
-            ('vanilla\none-shot', ['vf_oneshot']), ('OT\none-shot', ['ot_oneshot']), ('vanilla\n+ finetune', ['vf_ft']),
-            ('OT\n+ finetune', ['ot_ft']), ('ensemble\n(2× cost)', ['ensemble'])]
-    vals = [pd.concat([ft[c] for c in cols]) for _, cols in bars]
-    a1.bar(range(len(bars)), [100 * v.mean() for v in vals], yerr=[err(v) for v in vals], capsize=3,
-           color=['C2', 'C2', 'gray', 'C0', 'gray', 'C0', 'C4'])
-    for i, v in enumerate(vals): a1.text(i, 100 * v.mean() + err(v) + 1, f"{100 * v.mean():.1f}", ha='center', fontsize=7)
-    a1.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=7)
-    a1.set(ylabel='test accuracy (%)', title=f'before and after the same short finetune (λ = {best_reg(one):g})', ylim=(0, 105))
-    fig.tight_layout()
-    return fig
-
 # %% ../nbs/30_cli.ipynb #7fd8f665
-def _fusion_part_claims(out:Path) -> list:
-    return fusion_claims(pd.read_csv(Path(out)/'fusion_oneshot.csv'), pd.read_csv(Path(out)/'fusion_finetune.csv'))
-
 def part_fusion(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
-    "Train ViT parents, fuse each pair one-shot (vanilla, EMD, Sinkhorn over λ), finetune with equal budgets; tables and figure"
-    D = fusion_splits(cfg.fusion_n_val, cfg.fusion_n_calib, cfg.fusion_n_train)
-    vit = dict(image_size=8, patch_size=2, d=cfg.fusion_width, depth=cfg.fusion_depth, heads=cfg.fusion_heads, mlp=2 * cfg.fusion_width)
-    P, regs, cache, lr, ft_lr = cfg.fusion_pairs, list(cfg.fusion_regs), out/'fusion_models', 2e-3, 1e-3
-    job = lambda name, seed, epochs, lr, init=None: dict(name=name, vit=vit, seed=seed, epochs=epochs, lr=lr, init=init,
-                                                         x=D['x_tr'], y=D['y_tr'])
-    def model(sd): m = ViT(**vit); m.load_state_dict(sd); return m.eval()
-    train = lambda jobs, desc: {k: model(v) for k, v in train_models(jobs, cache, executor, cfg.workers, progress, desc).items()}
-    par = train([job(f'parent{s}', s, cfg.fusion_epochs, lr) for s in range(2 * P)], 'fusion: parents')
-    acc = lambda m, split: accuracy(m, D[f'x_{split}'], D[f'y_{split}'])
-    rows, fused = [], {}
-    bar = tqdm(total=P * (2 + len(regs)), desc='fusion: one-shot fusions', disable=not progress, leave=False)
-    for i in range(P):
-        A, B = par[f'parent{2 * i}'], par[f'parent{2 * i + 1}']
-        base = dict(pair=i, parent_a=acc(A, 'te'), parent_b=acc(B, 'te'))
-        fused[i, 'vanilla'] = vanilla_average([A, B])
-        for reg in [None] + regs:
-            fused[i, reg] = fuse([A, B], anchor=1, calib_data=D['calib'], solver='emd' if reg is None else 'sinkhorn', reg=reg or 0.05)
-        for key, method, reg in [('vanilla', 'vanilla', np.nan), (None, 'emd', np.nan)] + [(r, 'sinkhorn', r) for r in regs]:
-            rows.append(dict(pair=i, method=method, reg=reg, val=acc(fused[i, key], 'val'), test=acc(fused[i, key], 'te'),
-                             parent_a=base['parent_a'], parent_b=base['parent_b'])); bar.update()
-    bar.close()
-    pd.DataFrame(rows).to_csv(out/'fusion_oneshot.csv', index=False)
-    reg = best_reg(pd.read_csv(out/'fusion_oneshot.csv'))                       # chosen on validation, from the saved table
-    jobs = [job(f'parent{s}_ft', 100 + s, cfg.fusion_ft_epochs, ft_lr, par[f'parent{s}'].state_dict()) for s in range(2 * P)]
-    for i in range(P): jobs += [job(f'ot{i}_ft', 200 + i, cfg.fusion_ft_epochs, ft_lr, fused[i, reg].state_dict()),
-                                job(f'vf{i}_ft', 200 + i, cfg.fusion_ft_epochs, ft_lr, fused[i, 'vanilla'].state_dict())]
-    tuned = train(jobs, 'fusion: finetunes')
-    ens = lambda ms: (torch.stack([model_output(m, D['x_te']).softmax(-1) for m in ms]).mean(0).argmax(-1) == D['y_te']).float().mean().item()
-    rows = [dict(pair=i, reg=reg, parent_a=acc(par[f'parent{2 * i}'], 'te'), parent_b=acc(par[f'parent{2 * i + 1}'], 'te'),
-                 ot_oneshot=acc(fused[i, reg], 'te'), vf_oneshot=acc(fused[i, 'vanilla'], 'te'),
-                 parent_a_ft=acc(tuned[f'parent{2 * i}_ft'], 'te'), parent_b_ft=acc(tuned[f'parent{2 * i + 1}_ft'], 'te'),
-                 ot_ft=acc(tuned[f'ot{i}_ft'], 'te'), vf_ft=acc(tuned[f'vf{i}_ft'], 'te'),
-                 ensemble=ens([par[f'parent{2 * i}'], par[f'parent{2 * i + 1}']])) for i in range(P)]
-    pd.DataFrame(rows).to_csv(out/'fusion_finetune.csv', index=False)
-    fig = plot_fusion(pd.read_csv(out/'fusion_oneshot.csv'), pd.read_csv(out/'fusion_finetune.csv'))
-    fig.savefig(out/'fusion.png', dpi=110); plt.close(fig)
-    return PartResult('fusion', 'Transformer fusion: vanilla vs hard vs soft OT one-shot, and after a short finetune',
-                      figures=['fusion.png'], tables=['fusion_oneshot.csv', 'fusion_finetune.csv'],
-                      notes=(f"ViT (patch 2, d = {cfg.fusion_width}, {cfg.fusion_depth} blocks, {cfg.fusion_heads} heads, MLP "
-                             f"{2 * cfg.fusion_width}) on the 8×8 digits: {len(D['x_tr'])} training, {len(D['x_val'])} validation, "
-                             f"{len(D['x_te'])} test images. {2 * P} parents (seeds 0–{2 * P - 1}) trained {cfg.fusion_epochs} epochs "
-                             f"(AdamW 2e-3, cosine, label smoothing 0.1), fused in pairs (2i, 2i+1) into the second with "
-                             f"activation costs on {len(D['calib'])} calibration images, residual policy 'mean'. Sinkhorn λ in "
-                             f"{regs}, chosen on validation: {reg:g}. Finetune: {cfg.fusion_ft_epochs} epochs at 1e-3 for every "
-                             f"model. Accuracies on the test split, mean ± std over pairs."))
+    "Run the fusion experiment of `24_fusion_experiments` at the sizes of `cfg.fusion`; tables and figure"
+    r = run_fusion(cfg.fusion, out, executor=executor, workers=cfg.workers, progress=progress)
+    return PartResult('fusion', FUSION_TITLE, figures=r['figures'], tables=r['tables'], notes=r['notes'])
 
 # %% ../nbs/30_cli.ipynb #5c90fc18
 def _coord_check_part_claims(out:Path) -> list: return coord_check_claims(_read_records(Path(out)/'coord_check.csv'))
@@ -413,7 +210,7 @@ def _coord_check_part_claims(out:Path) -> list: return coord_check_claims(_read_
 PARTS = {'coord_check': part_coord_check, 'cl_lr': part_cl_lr, **{f'cl_{k}': _cl_part(k) for k in EXPERIMENTS},
          **{f'dmft_{k}': _dmft_part(k) for k in DMFT_EXPERIMENTS}, 'fusion': part_fusion}
 CLAIMS = {'coord_check': _coord_check_part_claims, 'cl_lr': _cl_lr_claims, **{f'cl_{k}': _cl_claims(k) for k in EXPERIMENTS},
-          **{f'dmft_{k}': _dmft_claims(k) for k in DMFT_EXPERIMENTS}, 'fusion': _fusion_part_claims}
+          **{f'dmft_{k}': _dmft_claims(k) for k in DMFT_EXPERIMENTS}, 'fusion': fusion_claims_from}
 GROUPS = dict(cl=['coord_check', 'cl_lr'] + [f'cl_{k}' for k in EXPERIMENTS], dmft=[f'dmft_{k}' for k in DMFT_EXPERIMENTS],
               fusion=['fusion'])
 

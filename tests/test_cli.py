@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import cl_scale.cli as cli
+import cl_scale.fusion_experiments as fx
 import cl_scale.sweep as sweep
 from cl_scale.cli import ReproConfig, run_reproduce, claims_for, load_part, reproduce
 
@@ -21,8 +22,7 @@ TINY = ReproConfig.make(
               lazy_S=400, lazy_n=2, phase_gamma0s=(0.1, 1.0), phase_eps=(0.25, 0.75), phase_seeds=2, phase_steps=8,
               phase_S=300, deep_gamma0s=(0.3, 1.0), deep_eps=(0.5,), deep_widths=(32, 64), deep_seeds=2, deep_solver_seeds=2,
               deep_P=3, deep_steps=3, deep_S=100),
-    fusion_pairs=1, fusion_width=8, fusion_depth=1, fusion_heads=2, fusion_epochs=1, fusion_ft_epochs=1,
-    fusion_regs=(0.05, 0.2), fusion_n_train=150, fusion_n_val=40, fusion_n_calib=40)
+    fusion=dict(pairs=1, width=8, depth=1, heads=2, epochs=1, ft_epochs=1, regs=(0.05, 0.2), n_train=150, n_val=40, n_calib=40))
 
 def _broken(cfg, out, progress=True, executor=None): raise RuntimeError("deliberately broken part")
 
@@ -120,7 +120,7 @@ def test_resumed_parts_reuse_their_sweeps_and_models(run, tmp_path, monkeypatch)
     (r/'fusion_finetune.csv').unlink()
     def no_training(*a, **k): raise AssertionError("recomputed something that was saved")
     monkeypatch.setattr(sweep, 'run_group', no_training)
-    monkeypatch.setattr(cli, '_train_job', no_training)
+    monkeypatch.setattr(fx, '_train_job', no_training)
     out = run_reproduce(resume=r, only='cl_gamma,fusion', progress=False)
     for n in ('cl_gamma', 'fusion'): assert load_part(out, n).error is None and not load_part(out, n).reused
     assert (r/'fusion_finetune.csv').exists()
@@ -140,10 +140,9 @@ def test_resume_over_a_dask_cluster(run, tmp_path):
 def test_killed_run_resumes(tmp_path, monkeypatch):
     "SIGKILL a run (no clean-up) once a fusion parent is saved; the resumed run finishes without training it again"
     import os, signal, subprocess, sys, time
-    cfg = {k: v for k, v in asdict(TINY).items() if k.startswith('fusion_')}
-    cfg.update(fusion_pairs=2, fusion_epochs=30)
+    fus = {**asdict(TINY.fusion), 'pairs': 2, 'epochs': 30}
     code = (f"import torch; torch.set_num_threads(1)\nfrom cl_scale.cli import ReproConfig, run_reproduce\n"
-            f"run_reproduce(ReproConfig.make(workers=1, **{cfg!r}), out_dir={str(tmp_path)!r}, only='fusion', progress=False)")
+            f"run_reproduce(ReproConfig.make(workers=1, fusion={fus!r}), out_dir={str(tmp_path)!r}, only='fusion', progress=False)")
     p = subprocess.Popen([sys.executable, '-c', code])
     try:
         deadline = time.time() + 120
@@ -154,8 +153,8 @@ def test_killed_run_resumes(tmp_path, monkeypatch):
     run = next(tmp_path.glob('*/'))
     assert not (run/'parts'/'fusion.json').exists() and (run/'config.json').exists()
     trained = []
-    real = cli._train_job
-    monkeypatch.setattr(cli, '_train_job', lambda job, **k: trained.append(job['name']) or real(job, **k))
+    real = fx._train_job
+    monkeypatch.setattr(fx, '_train_job', lambda job, **k: trained.append(job['name']) or real(job, **k))
     run_reproduce(resume=run, progress=False)
     assert 'parent0' not in trained and 'parent1' in trained
     assert load_part(run, 'fusion').error is None and (run/'report.html').exists()
