@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import nn
 from .ot import (transport_map, plan_map, identity_map, mix_maps, TransportMap, standardize, cost_matrix,
@@ -17,9 +17,10 @@ from .ot import (transport_map, plan_map, identity_map, mix_maps, TransportMap, 
 from .models import ViT, BERT
 
 # %% auto #0
-__all__ = ['ARCHS', 'RESID_POLICIES', 'COSTS', 'SOLVERS', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'Tie', 'Keep', 'vit_graph',
+__all__ = ['ARCHS', 'RESID_POLICIES', 'COSTS', 'SOLVERS', 'QK', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'Tie', 'Keep', 'vit_graph',
            'bert_graph', 'Arch', 'register_graph', 'arch_for', 'graph_for', 'check_compatible', 'collect_activations',
-           'model_output', 'align', 'vanilla_average', 'fuse', 'permuted_copy', 'hf_vit_graph', 'hf_bert_graph']
+           'model_output', 'FusionConfig', 'align', 'vanilla_average', 'fuse', 'permuted_copy', 'hf_vit_graph',
+           'hf_bert_graph']
 
 # %% ../nbs/22_fusion.ipynb #6bf76f79
 @dataclass
@@ -356,10 +357,14 @@ def _cost_via_inputs(gram, wa, wb):
 
 @dataclass
 class _Ctx:
-    pa: dict; pb: dict; acts_a: dict; acts_b: dict; cost: str; solver: str; reg: float; policy: object
-    qk: str; per_head: bool; mods_a: dict; mods_b: dict; given: dict = None; timings: dict = None
+    pa: dict; pb: dict; acts_a: dict; acts_b: dict; cfg: FusionConfig; mods_a: dict; mods_b: dict
+    given: dict = None; timings: dict = None
     maps: dict = field(default_factory=dict); out: dict = field(default_factory=dict)
     grams: dict = field(default_factory=dict); pre: dict = field(default_factory=dict)
+    # the rules read the options by their short names
+    cost = property(lambda self: self.cfg.cost); solver = property(lambda self: self.cfg.solver)
+    reg = property(lambda self: self.cfg.reg); policy = property(lambda self: self.cfg.resid_policy)
+    qk = property(lambda self: self.cfg.qk); per_head = property(lambda self: self.cfg.per_head)
 
     def acts(self, side, key):
         "The activations (neurons × samples·tokens) of A's or B's neurons at `key`: recorded, or computed from the recorded inputs"
@@ -493,29 +498,58 @@ def _act_maps(c:_Ctx, graph):
 
 _RULES = {Lin: _lin, Attn: _attn, Vec: _vec, Merge: _mergenode, Map: _mapnode, Tie: _tie, Keep: _keep}
 
+# %% ../nbs/22_fusion.ipynb #5a768ebc
+COSTS, SOLVERS, QK = ('acts', 'wts'), ('emd', 'sinkhorn'), ('separate', 'tied')
+
+@dataclass(frozen=True)
+class FusionConfig:
+    "How `align` and `fuse` build their transport maps"
+    cost: str = 'acts'             # 'acts': activation costs on calibration data; 'wts': costs between weight rows
+    solver: str = 'emd'            # 'emd': exact OT (hard maps for equal widths); 'sinkhorn': entropic, soft maps
+    reg: float = 0.05              # Sinkhorn's regularisation λ, on max-normalised costs
+    resid_policy: object = 'mean'  # how a residual merge combines its two maps: one of RESID_POLICIES, or a weight in [0, 1]
+    qk: str = 'separate'           # queries and keys aligned by maps of their own, or 'tied' (one map from their joint points)
+    per_head: bool = False         # attention maps solved head by head (heads matched as blocks)
+    max_points: int = None         # (sample, token) positions kept per layer for activation costs; None: all
+
+    def __post_init__(self):
+        if self.cost not in COSTS: raise ValueError(f"unknown cost {self.cost!r}: expected one of {COSTS}")
+        if self.solver not in SOLVERS: raise ValueError(f"unknown solver {self.solver!r}: expected one of {SOLVERS}")
+        if self.solver == 'sinkhorn' and not (isinstance(self.reg, (int, float)) and self.reg > 0):
+            raise ValueError(f"sinkhorn needs reg > 0, got {self.reg!r}")
+        if self.qk not in QK: raise ValueError(f"unknown qk policy {self.qk!r}: 'separate' or 'tied'")
+        p = self.resid_policy
+        if isinstance(p, (int, float)) and not isinstance(p, bool):
+            if not 0 <= p <= 1: raise ValueError(f"a weighted residual policy must lie in [0, 1], got {p}")
+        elif p not in RESID_POLICIES:
+            raise ValueError(f"unknown resid_policy {p!r}: expected one of {RESID_POLICIES} or a weight in [0, 1]")
+        m = self.max_points
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"max_points must be a positive integer or None, got {m!r}")
+
+    @classmethod
+    def of(cls, config=None, **options) -> FusionConfig:
+        "`config` (default: the defaults) with the fields in `options` replaced; an unknown option is an error"
+        names = [f.name for f in fields(cls)]
+        bad = sorted(set(options) - set(names))
+        if bad: raise TypeError(f"unknown fusion option(s) {bad}: the options are {names}")
+        if config is not None and not isinstance(config, cls): raise TypeError(f"config must be a FusionConfig, got {config!r}")
+        return replace(config or cls(), **options)
+
 # %% ../nbs/22_fusion.ipynb #21d0b105
-COSTS, SOLVERS = ('acts', 'wts'), ('emd', 'sinkhorn')
-
-def _check_opts(cost, solver, reg, qk):
-    if cost not in COSTS: raise ValueError(f"unknown cost {cost!r}: expected one of {COSTS}")
-    if solver not in SOLVERS: raise ValueError(f"unknown solver {solver!r}: expected one of {SOLVERS}")
-    if solver == 'sinkhorn' and not (isinstance(reg, (int, float)) and reg > 0): raise ValueError(f"sinkhorn needs reg > 0, got {reg!r}")
-    if qk not in ('separate', 'tied'): raise ValueError(f"unknown qk policy {qk!r}: 'separate' or 'tied'")
-
 def _floats(m): return {k: v.detach().double() for k, v in m.state_dict().items() if v.is_floating_point()}
 
 def _ticked(timings) -> float:
     "The seconds `timings` holds for transport maps (costs and solves)"
     return 0.0 if timings is None else timings.get('costs', 0.0) + timings.get('solves', 0.0)
 
-def _walk(model, anchor, graph, acts_a, acts_b, cost='acts', solver='emd', reg=0.05, policy='mean', qk='separate',
-          per_head=False, given=None, timings=None) -> _Ctx:
+def _walk(model, anchor, graph, acts_a, acts_b, cfg:FusionConfig=None, given=None, timings=None) -> _Ctx:
     "Run the per-node rules over `graph`: the aligned parameters of `model` in `c.out` and the maps in `c.maps`"
+    cfg = cfg or FusionConfig()
     with _torch_threads(1): pa, pb = _floats(model), _floats(anchor)
-    c = _Ctx(pa, pb, acts_a, acts_b, cost, solver, reg, policy, qk, per_head,
-             dict(model.named_modules()), dict(anchor.named_modules()), given, timings)
-    if cost == 'acts' and given is None: _act_maps(c, graph)
-    heavy = cost == 'acts' and given is None and (per_head or qk == 'tied')   # maps left to compute from the points
+    c = _Ctx(pa, pb, acts_a, acts_b, cfg, dict(model.named_modules()), dict(anchor.named_modules()), given, timings)
+    if cfg.cost == 'acts' and given is None: _act_maps(c, graph)
+    heavy = cfg.cost == 'acts' and given is None and (cfg.per_head or cfg.qk == 'tied')   # maps left to compute from the points
     with _torch_threads(None if heavy else 1):   # small products: one thread is as fast, and a busy core cannot stall it
         for n in graph: _RULES[type(n)](c, n)
     return c
@@ -545,27 +579,25 @@ def _collect_pair(model, anchor, calib, graph, max_points, acts_b=None):
     if model is anchor: acts = rec(model)(); return acts, acts       # one object: its hooks must not run twice at once
     return tuple(_in_threads([rec(model), rec(anchor)], workers=2))
 
-def _align(model, anchor, calib_data, cost, solver, reg, resid_policy, qk, per_head, max_points, timings, acts_b=None):
+def _align(model, anchor, calib_data, cfg:FusionConfig, timings, acts_b=None):
     "`align`, also returning the maps and the anchor's activations (for `fuse` to reuse)"
-    _check_opts(cost, solver, reg, qk)
     check_compatible(model, anchor)
     graph = graph_for(anchor)
     acts_a = None
-    if cost == 'acts':
+    if cfg.cost == 'acts':
         _check_calib(model, calib_data); _check_calib(anchor, calib_data)
         t0 = time.perf_counter()
-        acts_a, acts_b = _collect_pair(model, anchor, calib_data, graph, max_points, acts_b)
+        acts_a, acts_b = _collect_pair(model, anchor, calib_data, graph, cfg.max_points, acts_b)
         _tick(timings, 'activations', t0)
     t0, ticked = time.perf_counter(), _ticked(timings)
-    c = _walk(model, anchor, graph, acts_a, acts_b, cost, solver, reg, resid_policy, qk, per_head, timings=timings)
+    c = _walk(model, anchor, graph, acts_a, acts_b, cfg, timings=timings)
     with _torch_threads(1): new = _build(anchor, c.out)
     if timings is not None: timings['weights'] = timings.get('weights', 0.0) + time.perf_counter() - t0 - (_ticked(timings) - ticked)
     return new, c.maps, acts_b
 
-def align(model, anchor, calib_data=None, cost:str='acts', solver:str='emd', reg:float=0.05, resid_policy='mean',
-          qk:str='separate', per_head:bool=False, return_maps:bool=False, max_points:int=None, timings:dict=None):
-    "`model` re-expressed in `anchor`'s basis (a new model with the anchor's architecture and widths), without averaging"
-    new, maps, _ = _align(model, anchor, calib_data, cost, solver, reg, resid_policy, qk, per_head, max_points, timings)
+def align(model, anchor, calib_data=None, config:FusionConfig=None, return_maps:bool=False, timings:dict=None, **options):
+    "`model` re-expressed in `anchor`'s basis (a new model with the anchor's architecture and widths), without averaging; `options`: fields of `FusionConfig`"
+    new, maps, _ = _align(model, anchor, calib_data, FusionConfig.of(config, **options), timings)
     return (new, maps) if return_maps else new
 
 # %% ../nbs/22_fusion.ipynb #69ed3625
@@ -591,9 +623,9 @@ def vanilla_average(models, weights=None):
     if len(models) < 1: raise ValueError("no models to average")
     return _average(models, _weights(weights, len(models)), models[0])
 
-def fuse(models, anchor=0, calib_data=None, cost:str='acts', solver:str='emd', reg:float=0.05, resid_policy='mean',
-         weights=None, qk:str='separate', per_head:bool=False, max_points:int=None, timings:dict=None):
-    "OT fusion: align every model to the anchor (an index into `models`) and average with `weights`"
+def fuse(models, anchor=0, calib_data=None, config:FusionConfig=None, weights=None, timings:dict=None, **options):
+    "OT fusion: align every model to the anchor (an index into `models`) and average with `weights`; `options`: fields of `FusionConfig`"
+    cfg = FusionConfig.of(config, **options)
     models = list(models)
     if not models: raise ValueError("no models to fuse")
     if not isinstance(anchor, int) or not 0 <= anchor < len(models):
@@ -602,7 +634,7 @@ def fuse(models, anchor=0, calib_data=None, cost:str='acts', solver:str='emd', r
     aligned, acts_b = [], None
     for i, m in enumerate(models):             # the anchor is recorded once, beside the first model aligned to it
         if i == anchor: aligned.append(A); continue
-        new, _, acts_b = _align(m, A, calib_data, cost, solver, reg, resid_policy, qk, per_head, max_points, timings, acts_b)
+        new, _, acts_b = _align(m, A, calib_data, cfg, timings, acts_b)
         aligned.append(new)
     t0 = time.perf_counter()
     with _torch_threads(1): out = _average(aligned, w, A)
@@ -652,7 +684,7 @@ def permuted_copy(model, seed:int=0):
             heads = torch.randperm(H, generator=g)       # Q, K and V move their heads together ...
             pqk, pv = _head_perm(heads, dq // H, g), _head_perm(heads, dv // H, g)   # ... V may reorder inside a head
             given[n.path] = {'q': _perm_map(pqk), 'k': _perm_map(pqk), 'v': perm(n.out, dv, fixed=pv)}
-    c = _walk(model, model, graph, None, None, policy='only_resid', given=given)
+    c = _walk(model, model, graph, None, None, FusionConfig(resid_policy='only_resid'), given=given)
     return _build(model, c.out)
 
 # %% ../nbs/22_fusion.ipynb #28c2b26f
