@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/fusion.html.md"""
 
 # %% ../nbs/22_fusion.ipynb #f4213eb1
 from __future__ import annotations
-import copy, time
+import copy, importlib, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -19,8 +19,7 @@ from .models import ViT, BERT
 # %% auto #0
 __all__ = ['ARCHS', 'RESID_POLICIES', 'COSTS', 'SOLVERS', 'QK', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'Tie', 'Keep', 'vit_graph',
            'bert_graph', 'Arch', 'register_graph', 'arch_for', 'graph_for', 'check_compatible', 'collect_activations',
-           'model_output', 'FusionConfig', 'align', 'vanilla_average', 'fuse', 'permuted_copy', 'hf_vit_graph',
-           'hf_bert_graph']
+           'model_output', 'FusionConfig', 'align', 'vanilla_average', 'fuse', 'permuted_copy']
 
 # %% ../nbs/22_fusion.ipynb #6bf76f79
 @dataclass
@@ -121,6 +120,8 @@ def arch_for(model) -> Arch:
     t = type(model)
     if t in ARCHS: return ARCHS[t]
     name = f"{t.__module__.split('.')[0]}.{t.__name__}"
+    if name not in ARCHS and name.startswith('transformers.'):
+        importlib.import_module('cl_scale.fusion_hf')    # registers the Hugging Face graphs (`23_fusion_hf`) the first time one is needed
     if name in ARCHS: return ARCHS[name]
     known = [c.__name__ if isinstance(c, type) else c for c in ARCHS]
     raise TypeError(f"no transport-map flow graph for {t.__name__}: fusion supports {known}; "
@@ -686,98 +687,3 @@ def permuted_copy(model, seed:int=0):
             given[n.path] = {'q': _perm_map(pqk), 'k': _perm_map(pqk), 'v': perm(n.out, dv, fixed=pv)}
     c = _walk(model, model, graph, None, None, FusionConfig(resid_policy='only_resid'), given=given)
     return _build(model, c.out)
-
-# %% ../nbs/22_fusion.ipynb #28c2b26f
-def _has(m, path:str) -> bool:
-    try: m.get_submodule(path); return True
-    except AttributeError: return False
-
-def _pick(m, base:str, layouts):
-    "The first layout (a tuple of sub-module names, first one probed) found under `base`: transformers renames modules across versions"
-    for lay in layouts:
-        if _has(m, f"{base}.{lay[0]}"): return lay
-    raise ValueError(f"{type(m).__name__} has none of {[f'{base}.{l[0]}' for l in layouts]}: an unknown transformers layout")
-
-def hf_vit_graph(m) -> list:
-    "The transport-map flow graph of a Hugging Face `ViTForImageClassification` (pre-LN; transformers 4.x and 5.x names)"
-    e, params = 'vit.embeddings', dict(m.named_parameters(remove_duplicate=False))
-    layers = 'vit.encoder.layer' if _has(m, 'vit.encoder.layer') else 'vit.layers'
-    b0 = f"{layers}.0"
-    q, k, v, o = _pick(m, b0, [('attention.attention.query', 'attention.attention.key', 'attention.attention.value', 'attention.output.dense'),
-                               ('attention.q_proj', 'attention.k_proj', 'attention.v_proj', 'attention.o_proj')])
-    att = q.rsplit('.', 1)[0]
-    fc1, fc2 = _pick(m, b0, [('intermediate.dense', 'output.dense'), ('mlp.fc1', 'mlp.fc2')])
-    g = [Lin(f"{e}.patch_embeddings.projection", None, 'x'),
-         Vec(tuple(p for p in (f"{e}.cls_token", f"{e}.position_embeddings", f"{e}.mask_token") if p in params), 'x')]
-    for i in range(m.config.num_hidden_layers):
-        b = f"{layers}.{i}"
-        g += [Vec(_ln(f"{b}.layernorm_before"), 'x'),
-              Attn(f"{b}.{att}", 'x', f"v{i}", tuple(s.rsplit('.', 1)[1] for s in (q, k, v))),
-              Lin(f"{b}.{o}", f"v{i}", f"o{i}"), Merge('x', 'x', f"o{i}"), Vec(_ln(f"{b}.layernorm_after"), 'x'),
-              Lin(f"{b}.{fc1}", 'x', f"h{i}"), Lin(f"{b}.{fc2}", f"h{i}", f"f{i}"), Merge('x', 'x', f"f{i}")]
-    return g + [Vec(_ln('vit.layernorm'), 'x'), Lin('classifier', 'x', None)]
-
-def hf_bert_graph(m) -> list:
-    "The transport-map flow graph of a Hugging Face `BertForMaskedLM` (post-LN, token types, tied or untied decoder)"
-    e, p, params = 'bert.embeddings', 'cls.predictions', dict(m.named_parameters(remove_duplicate=False))
-    emb = tuple(k for k in (f"{e}.word_embeddings.weight", f"{e}.position_embeddings.weight",
-                            f"{e}.token_type_embeddings.weight") if k in params)
-    tied = params[f"{p}.decoder.weight"] is params[f"{e}.word_embeddings.weight"]
-    g, s = [Map('e', f"{e}.LayerNorm", wts=emb), Vec(emb, 'e'), Vec(_ln(f"{e}.LayerNorm"), 'e')], 'e'
-    for i in range(m.config.num_hidden_layers):
-        b = f"bert.encoder.layer.{i}"
-        g += [Attn(f"{b}.attention.self", s, f"v{i}", ('query', 'key', 'value')),
-              Lin(f"{b}.attention.output.dense", f"v{i}", f"o{i}"), Merge('x', s, f"o{i}"),
-              Vec(_ln(f"{b}.attention.output.LayerNorm"), 'x'),
-              Lin(f"{b}.intermediate.dense", 'x', f"h{i}"), Lin(f"{b}.output.dense", f"h{i}", f"f{i}"),
-              Merge('x', 'x', f"f{i}"), Vec(_ln(f"{b}.output.LayerNorm"), 'x')]
-        s = 'x'
-    biases = Keep(tuple(k for k in (f"{p}.bias", f"{p}.decoder.bias") if k in params))
-    if tied:   # the transform must speak the embedding basis: its output map is the embedding map
-        return g + [Lin(f"{p}.transform.dense", s, 'e', reuse=True), Vec(_ln(f"{p}.transform.LayerNorm"), 'e'),
-                    Tie(f"{p}.decoder.weight", f"{e}.word_embeddings.weight"), biases]
-    return g + [Lin(f"{p}.transform.dense", s, 'm'), Vec(_ln(f"{p}.transform.LayerNorm"), 'm'),
-                Lin(f"{p}.decoder", 'm', None), biases]
-
-def _size(s): return tuple(s) if isinstance(s, (tuple, list)) else (s, s)
-
-def _hf_vit_call(m, x): return m(**x) if isinstance(x, dict) else m(pixel_values=x)
-
-def _hf_vit_check(m, x):
-    px, c = (x.get('pixel_values') if isinstance(x, dict) else x), m.config
-    want = (c.num_channels, *_size(c.image_size))
-    if not (torch.is_tensor(px) and px.dim() == 4 and tuple(px.shape[1:]) == want):
-        raise ValueError(f"ViTForImageClassification expects pixel_values (n, {', '.join(map(str, want))}), got "
-                         f"{tuple(px.shape) if torch.is_tensor(px) else type(px).__name__}")
-
-def _hf_vit_dims(m):
-    c = m.config
-    return dict(depth=c.num_hidden_layers, image_size=_size(c.image_size), patch_size=_size(c.patch_size),
-                in_channels=c.num_channels, classes=c.num_labels)
-
-def _hf_bert_inputs(m, x):
-    if isinstance(x, dict): return x
-    pad = m.config.pad_token_id
-    return dict(input_ids=x, attention_mask=(x != pad).long() if pad is not None else torch.ones_like(x))
-
-def _hf_bert_keep(m, x):
-    d = _hf_bert_inputs(m, x)
-    return d['attention_mask'].bool() if 'attention_mask' in d else torch.ones_like(d['input_ids'], dtype=torch.bool)
-
-def _hf_bert_check(m, x):
-    ids, c = (x.get('input_ids') if isinstance(x, dict) else x), m.config
-    if not (torch.is_tensor(ids) and ids.dim() == 2 and not ids.is_floating_point() and ids.shape[1] <= c.max_position_embeddings):
-        raise ValueError(f"BertForMaskedLM expects input_ids (n, L ≤ {c.max_position_embeddings}) of an integer dtype, got "
-                         f"{tuple(ids.shape) if torch.is_tensor(ids) else type(ids).__name__}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
-        raise ValueError(f"token ids must lie in [0, {c.vocab_size - 1}]")
-
-def _hf_bert_dims(m):
-    c, params = m.config, dict(m.named_parameters(remove_duplicate=False))
-    tied = params['cls.predictions.decoder.weight'] is params['bert.embeddings.word_embeddings.weight']
-    return dict(depth=c.num_hidden_layers, max_len=c.max_position_embeddings, vocab_size=c.vocab_size,
-                type_vocab_size=c.type_vocab_size, tied_decoder=tied)
-
-register_graph('transformers.ViTForImageClassification', hf_vit_graph, call=_hf_vit_call, dims=_hf_vit_dims, check=_hf_vit_check)
-register_graph('transformers.BertForMaskedLM', hf_bert_graph, call=lambda m, x: m(**_hf_bert_inputs(m, x)),
-               keep=_hf_bert_keep, dims=_hf_bert_dims, check=_hf_bert_check)
