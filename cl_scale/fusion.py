@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import nn
 from .ot import (transport_map, plan_map, identity_map, mix_maps, TransportMap, standardize, cost_matrix,
-                         cost_from_gram, ot_plan, _tick)
+                         input_gram, cost_via_inputs, activation_cost, ot_plan, _tick)
 from .models import ViT, BERT
 
 # %% auto #0
@@ -300,62 +300,6 @@ def _heads(mod) -> int:
     if cfg is not None and isinstance(getattr(cfg, 'num_attention_heads', None), int): return cfg.num_attention_heads
     raise ValueError(f"cannot tell the number of heads of {type(mod).__name__}")
 
-def _work_dtype(*xs) -> torch.dtype:
-    "The dtype of the long (D-point) products: the recorded activations' own, at least float32 (float64 if either side is)"
-    dt = torch.float32
-    for x in xs: dt = torch.promote_types(dt, x.dtype)
-    return dt
-
-def _centred(x, dt):
-    "A new (D, m) tensor: the columns of `x` in dtype `dt`, shifted by the first row, then centred (a constant column is exactly 0)"
-    x = x.to(dt)
-    x = x - x[0]
-    return x.sub_(x.mean(0))
-
-def _check_products(key, *G):
-    if not all(torch.isfinite(g).all() for g in G):
-        raise ValueError(f"the activations recorded for {key} have NaN or infinite entries (or overflow their products in "
-                         f"{'float32: record a float64 model' if G[0].dtype == torch.float32 else 'float64'})")
-
-def _gram(x):
-    "xᵀx of a (D, m) matrix from three of its four (m/2)-blocks: the fourth is the transpose of the second"
-    h = x.shape[1] // 2
-    if h < 64: return x.T @ x
-    x1, x2 = x[:, :h], x[:, h:]
-    g12 = x1.T @ x2
-    return torch.cat([torch.cat([x1.T @ x1, g12], 1), torch.cat([g12.T, x2.T @ x2], 1)], 0)
-
-def _input_gram(xa, xb, key='a layer'):
-    "The blocks G_AA, G_AB, G_BB of the Gram matrix of the centred inputs xa (D, m_A), xb (D, m_B) (in their `_work_dtype`), and D"
-    dt = _work_dtype(xa, xb)
-    xa, xb = _centred(xa, dt), _centred(xb, dt)
-    G = _gram(xa), xa.T @ xb, _gram(xb)
-    _check_products(key, *G)
-    return (*G, xa.shape[0])
-
-def _sq_cols(x):
-    "The squared norm of every column of a (D, m) matrix, as a (D-long) vector-matrix product"
-    return torch.ones(x.shape[0], dtype=x.dtype) @ (x * x)
-
-def _output_cost(ya, yb, key='a layer'):
-    "`cost_matrix(standardize(ya), standardize(yb))` for recorded outputs ya (n_A, D), yb (n_B, D), from one product in their dtype"
-    dt = _work_dtype(ya, yb)
-    ca, cb = _centred(ya.T, dt), _centred(yb.T, dt)                 # (D, n): the stored layout, contiguous
-    inner, qa, qb = ca.T @ cb, _sq_cols(ca), _sq_cols(cb)            # qa: D·σ² of every neuron
-    _check_products(key, inner, qa, qb)
-    qa, qb = qa.double().clamp_min(0), qb.double().clamp_min(0)
-    sa, sb = (q.div(ca.shape[0]).sqrt() + 1e-9 for q in (qa, qb))  # σ + 1e-9, as `standardize`
-    return cost_from_gram(qa / sa**2, qb / sb**2, inner.double() / sa[:, None] / sb)
-
-def _cost_via_inputs(gram, wa, wb):
-    "The activation cost between the standardised outputs of linear layers with weights wa (n_A, m_A), wb (n_B, m_B), from their inputs' `_input_gram`"
-    Gaa, Gab, Gbb, D = gram
-    wa, wb = wa.to(Gab.dtype), wb.to(Gab.dtype)                      # the Gram matrices' dtype (see the prose)
-    qa, qb = (((w @ G) * w).sum(1).double().clamp_min(0) for w, G in ((wa, Gaa), (wb, Gbb)))   # D·σ² of every output
-    sa, sb = (q.div(D).sqrt() + 1e-9 for q in (qa, qb))                                      # σ + 1e-9, as `standardize`
-    inner = ((wa / sa[:, None].to(wa.dtype)) @ Gab @ (wb / sb[:, None].to(wb.dtype)).T).double()
-    return cost_from_gram(qa / sa**2, qb / sb**2, inner)
-
 @dataclass
 class _Ctx:
     pa: dict; pb: dict; acts_a: dict; acts_b: dict; cfg: FusionConfig; mods_a: dict; mods_b: dict
@@ -379,9 +323,9 @@ class _Ctx:
         ka = f"{key}@in"
         if ka in self.acts_a and ka in self.acts_b:
             ids = (id(self.acts_a[ka]), id(self.acts_b[ka]))   # Q, K and V share their input's tensor, hence its Gram
-            if ids not in self.grams: self.grams[ids] = _input_gram(self.acts_a[ka].T, self.acts_b[ka].T, key)
-            return _cost_via_inputs(self.grams[ids], self.pa[f"{key}.weight"], self.pb[f"{key}.weight"])
-        return _output_cost(self.acts('a', key), self.acts('b', key), key)
+            if ids not in self.grams: self.grams[ids] = input_gram(self.acts_a[ka].T, self.acts_b[ka].T, key)
+            return cost_via_inputs(self.grams[ids], self.pa[f"{key}.weight"], self.pb[f"{key}.weight"])
+        return activation_cost(self.acts('a', key), self.acts('b', key), key)
 
     def tmap(self, key, Wa=None, Wb=None):
         "The map between A's and B's neurons at `key`: given, from activations, or from (incoming-aligned) weight rows"

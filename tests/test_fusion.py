@@ -106,7 +106,8 @@ def test_float32_products_match_float64(monkeypatch):
     c32 = F._walk(a, b, [], acts_a, acts_b)
     C32 = {k: c32.act_cost(k) for k in keys}
     _, m32 = align(a, b, x, return_maps=True); f32 = fuse([a, b], anchor=1, calib_data=x).state_dict()
-    monkeypatch.setattr(F, '_work_dtype', lambda *xs: torch.float64)
+    import cl_scale.ot as O
+    monkeypatch.setattr(O, '_work_dtype', lambda *xs: torch.float64)   # the costs' long products, now in float64
     c64 = F._walk(a, b, [], acts_a, acts_b)
     for k in keys: torch.testing.assert_close(C32[k], c64.act_cost(k), rtol=0, atol=1e-5)
     _, m64 = align(a, b, x, return_maps=True); f64 = fuse([a, b], anchor=1, calib_data=x).state_dict()

@@ -41,3 +41,10 @@ def test_imports_point_up_the_table():
     for i, mod in enumerate(order):
         below = set(order[i:])
         assert not imports(ROOT/'cl_scale'/f'{mod}.py', lazy=False) & below, f"{mod} imports a module at or below its row"
+
+def test_no_control_characters_in_notebooks():
+    "A backslash lost in a Python string (\\r, \\a in LaTeX) becomes a control character and breaks the maths on the page"
+    import json
+    bad = [(p.name, c.get('id'), hex(ord(ch))) for p in sorted((ROOT/'nbs').glob('*.ipynb'))
+           for c in json.loads(p.read_text())['cells'] for ch in ''.join(c['source']) if ord(ch) < 32 and ch not in '\n\t']
+    assert not bad, bad
