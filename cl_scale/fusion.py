@@ -17,7 +17,7 @@ from .ot import (transport_map, plan_map, identity_map, mix_maps, TransportMap, 
 from .models import ViT, BERT
 
 # %% auto #0
-__all__ = ['ARCHS', 'RESID_POLICIES', 'COSTS', 'SOLVERS', 'QK', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'Tie', 'Keep', 'vit_graph',
+__all__ = ['ARCHS', 'COSTS', 'SOLVERS', 'QK', 'RESID_POLICIES', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'Tie', 'Keep', 'vit_graph',
            'bert_graph', 'Arch', 'register_graph', 'arch_for', 'graph_for', 'check_compatible', 'collect_activations',
            'model_output', 'FusionConfig', 'align', 'vanilla_average', 'fuse', 'permuted_copy']
 
@@ -256,21 +256,46 @@ def model_output(model, data, batch:int=None) -> torch.Tensor:
     outs = [getattr(o, 'logits', o) for o in outs]
     return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
-# %% ../nbs/22_fusion.ipynb #ff998080
+# %% ../nbs/22_fusion.ipynb #5a768ebc
+COSTS, SOLVERS, QK = ('acts', 'wts'), ('emd', 'sinkhorn'), ('separate', 'tied')
 RESID_POLICIES = ('mean', 'only_resid', 'no_resid', 'identity')
 
-def _merge(policy, tr:TransportMap, tb:TransportMap) -> TransportMap:
-    if isinstance(policy, (int, float)) and not isinstance(policy, bool):
-        if not 0 <= policy <= 1: raise ValueError(f"a weighted residual policy must lie in [0, 1], got {policy}")
-        return mix_maps([tr, tb], [float(policy), 1 - float(policy)])
-    if policy == 'mean': return mix_maps([tr, tb])
-    if policy == 'only_resid': return tr
-    if policy == 'no_resid': return tb
-    if policy == 'identity':
-        if tr.shape[0] != tr.shape[1]: raise ValueError("resid_policy='identity' needs equal widths")
-        return identity_map(tr.shape[0])
-    raise ValueError(f"unknown resid_policy {policy!r}: expected one of {RESID_POLICIES} or a weight in [0, 1]")
+@dataclass(frozen=True)
+class FusionConfig:
+    "How `align` and `fuse` build their transport maps"
+    cost: str = 'acts'             # 'acts': activation costs on calibration data; 'wts': costs between weight rows
+    solver: str = 'emd'            # 'emd': exact OT (hard maps for equal widths); 'sinkhorn': entropic, soft maps
+    reg: float = 0.05              # Sinkhorn's regularisation λ, on max-normalised costs
+    resid_policy: object = 'mean'  # how a residual merge combines its two maps: one of RESID_POLICIES, or a weight in [0, 1]
+    qk: str = 'separate'           # queries and keys aligned by maps of their own, or 'tied' (one map from their joint points)
+    per_head: bool = False         # attention maps solved head by head (heads matched as blocks)
+    max_points: int = None         # (sample, token) positions kept per layer for activation costs; None: all
 
+    def __post_init__(self):
+        if self.cost not in COSTS: raise ValueError(f"unknown cost {self.cost!r}: expected one of {COSTS}")
+        if self.solver not in SOLVERS: raise ValueError(f"unknown solver {self.solver!r}: expected one of {SOLVERS}")
+        if self.solver == 'sinkhorn' and not (isinstance(self.reg, (int, float)) and self.reg > 0):
+            raise ValueError(f"sinkhorn needs reg > 0, got {self.reg!r}")
+        if self.qk not in QK: raise ValueError(f"unknown qk policy {self.qk!r}: 'separate' or 'tied'")
+        p = self.resid_policy
+        if isinstance(p, (int, float)) and not isinstance(p, bool):
+            if not 0 <= p <= 1: raise ValueError(f"a weighted residual policy must lie in [0, 1], got {p}")
+        elif p not in RESID_POLICIES:
+            raise ValueError(f"unknown resid_policy {p!r}: expected one of {RESID_POLICIES} or a weight in [0, 1]")
+        m = self.max_points
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"max_points must be a positive integer or None, got {m!r}")
+
+    @classmethod
+    def of(cls, config=None, **options) -> FusionConfig:
+        "`config` (default: the defaults) with the fields in `options` replaced; an unknown option is an error"
+        names = [f.name for f in fields(cls)]
+        bad = sorted(set(options) - set(names))
+        if bad: raise TypeError(f"unknown fusion option(s) {bad}: the options are {names}")
+        if config is not None and not isinstance(config, cls): raise TypeError(f"config must be a FusionConfig, got {config!r}")
+        return replace(config or cls(), **options)
+
+# %% ../nbs/22_fusion.ipynb #7c5a8560
 def _hard(M):
     "For a square 0/1 matrix with a single 1 in every column (a hard map), the row of that 1 in each column; else None"
     if M.shape[0] != M.shape[1] or M.shape[0] < 32: return None
@@ -290,6 +315,24 @@ def _align_out(W, C):
 def _unit_rows(W):
     W = W.flatten(1)
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+# %% ../nbs/22_fusion.ipynb #c5146084
+def _merge(policy, tr:TransportMap, tb:TransportMap) -> TransportMap:
+    if isinstance(policy, (int, float)) and not isinstance(policy, bool):
+        if not 0 <= policy <= 1: raise ValueError(f"a weighted residual policy must lie in [0, 1], got {policy}")
+        return mix_maps([tr, tb], [float(policy), 1 - float(policy)])
+    if policy == 'mean': return mix_maps([tr, tb])
+    if policy == 'only_resid': return tr
+    if policy == 'no_resid': return tb
+    if policy == 'identity':
+        if tr.shape[0] != tr.shape[1]: raise ValueError("resid_policy='identity' needs equal widths")
+        return identity_map(tr.shape[0])
+    raise ValueError(f"unknown resid_policy {policy!r}: expected one of {RESID_POLICIES} or a weight in [0, 1]")
+
+# %% ../nbs/22_fusion.ipynb #d17e58fa
+def _ticked(timings) -> float:
+    "The seconds `timings` holds for transport maps (costs and solves)"
+    return 0.0 if timings is None else timings.get('costs', 0.0) + timings.get('solves', 0.0)
 
 def _heads(mod) -> int:
     "The number of heads of an attention module (ours: `heads`; Hugging Face: `num_attention_heads` or its config)"
@@ -336,6 +379,7 @@ class _Ctx:
         _tick(self.timings, 'costs', t0)
         return plan_map(C, self.solver, self.reg, timings=self.timings)
 
+# %% ../nbs/22_fusion.ipynb #4090dcb1
 def _lin(c:_Ctx, n:Lin):
     W, b = c.pa[f"{n.path}.weight"], c.pa.get(f"{n.path}.bias")
     if n.inp is not None: W = _align_in(W, c.maps[n.inp].rows)
@@ -346,6 +390,7 @@ def _lin(c:_Ctx, n:Lin):
     c.out[f"{n.path}.weight"] = W
     if b is not None: c.out[f"{n.path}.bias"] = b
 
+# %% ../nbs/22_fusion.ipynb #6ad7a049
 def _attn_maps(c:_Ctx, n:Attn, W):
     "Maps for q, k, v (given their incoming-aligned weights W[p])"
     if c.given is not None: return c.given[n.path]
@@ -396,25 +441,31 @@ def _attn(c:_Ctx, n:Attn):
         if f"{k}.bias" in c.pa: c.out[f"{k}.bias"] = _align_out(c.pa[f"{k}.bias"], C)
     c.maps[n.out] = maps['v']                                   # Q and K are sinks: only V's map flows on
 
+# %% ../nbs/22_fusion.ipynb #fb5715d0
 def _vec(c:_Ctx, n:Vec):
     C = c.maps[n.map].cols
     for p in n.paths: c.out[p] = c.pa[p] @ C
 
+# %% ../nbs/22_fusion.ipynb #d3704783
 def _mergenode(c:_Ctx, n:Merge): c.maps[n.out] = _merge(c.policy, c.maps[n.resid], c.maps[n.block])
 
+# %% ../nbs/22_fusion.ipynb #2896bf69
+def _tie(c:_Ctx, n:Tie):
+    if n.source not in c.out: raise ValueError(f"{n.path} is tied to {n.source}, which the flow graph has not aligned before it")
+    c.out[n.path] = c.out[n.source]
+
+# %% ../nbs/22_fusion.ipynb #6d6c165d
+def _keep(c:_Ctx, n:Keep):
+    for p in n.paths: c.out[p] = c.pa[p]
+
+# %% ../nbs/22_fusion.ipynb #fa73708c
 def _mapnode(c:_Ctx, n:Map):
     if c.given is not None or c.cost == 'acts': c.maps[n.name] = c.tmap(n.acts); return
     if not n.wts: raise ValueError(f"the map {n.name!r} at {n.acts!r} declares no weights: it needs cost='acts'")
     cols = lambda P: torch.cat([P[k].reshape(-1, P[k].shape[-1]).T for k in n.wts], 1)   # one point per stream dimension
     c.maps[n.name] = transport_map(_unit_rows(cols(c.pa)), _unit_rows(cols(c.pb)), c.solver, c.reg, timings=c.timings)
 
-def _tie(c:_Ctx, n:Tie):
-    if n.source not in c.out: raise ValueError(f"{n.path} is tied to {n.source}, which the flow graph has not aligned before it")
-    c.out[n.path] = c.out[n.source]
-
-def _keep(c:_Ctx, n:Keep):
-    for p in n.paths: c.out[p] = c.pa[p]
-
+# %% ../nbs/22_fusion.ipynb #becd48c9
 def _map_keys(c:_Ctx, graph) -> list:
     "The keys of the activation maps the walk will ask for, in groups (Q, K and V of one attention together: one Gram matrix)"
     groups = []
@@ -443,50 +494,8 @@ def _act_maps(c:_Ctx, graph):
 
 _RULES = {Lin: _lin, Attn: _attn, Vec: _vec, Merge: _mergenode, Map: _mapnode, Tie: _tie, Keep: _keep}
 
-# %% ../nbs/22_fusion.ipynb #5a768ebc
-COSTS, SOLVERS, QK = ('acts', 'wts'), ('emd', 'sinkhorn'), ('separate', 'tied')
-
-@dataclass(frozen=True)
-class FusionConfig:
-    "How `align` and `fuse` build their transport maps"
-    cost: str = 'acts'             # 'acts': activation costs on calibration data; 'wts': costs between weight rows
-    solver: str = 'emd'            # 'emd': exact OT (hard maps for equal widths); 'sinkhorn': entropic, soft maps
-    reg: float = 0.05              # Sinkhorn's regularisation λ, on max-normalised costs
-    resid_policy: object = 'mean'  # how a residual merge combines its two maps: one of RESID_POLICIES, or a weight in [0, 1]
-    qk: str = 'separate'           # queries and keys aligned by maps of their own, or 'tied' (one map from their joint points)
-    per_head: bool = False         # attention maps solved head by head (heads matched as blocks)
-    max_points: int = None         # (sample, token) positions kept per layer for activation costs; None: all
-
-    def __post_init__(self):
-        if self.cost not in COSTS: raise ValueError(f"unknown cost {self.cost!r}: expected one of {COSTS}")
-        if self.solver not in SOLVERS: raise ValueError(f"unknown solver {self.solver!r}: expected one of {SOLVERS}")
-        if self.solver == 'sinkhorn' and not (isinstance(self.reg, (int, float)) and self.reg > 0):
-            raise ValueError(f"sinkhorn needs reg > 0, got {self.reg!r}")
-        if self.qk not in QK: raise ValueError(f"unknown qk policy {self.qk!r}: 'separate' or 'tied'")
-        p = self.resid_policy
-        if isinstance(p, (int, float)) and not isinstance(p, bool):
-            if not 0 <= p <= 1: raise ValueError(f"a weighted residual policy must lie in [0, 1], got {p}")
-        elif p not in RESID_POLICIES:
-            raise ValueError(f"unknown resid_policy {p!r}: expected one of {RESID_POLICIES} or a weight in [0, 1]")
-        m = self.max_points
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise ValueError(f"max_points must be a positive integer or None, got {m!r}")
-
-    @classmethod
-    def of(cls, config=None, **options) -> FusionConfig:
-        "`config` (default: the defaults) with the fields in `options` replaced; an unknown option is an error"
-        names = [f.name for f in fields(cls)]
-        bad = sorted(set(options) - set(names))
-        if bad: raise TypeError(f"unknown fusion option(s) {bad}: the options are {names}")
-        if config is not None and not isinstance(config, cls): raise TypeError(f"config must be a FusionConfig, got {config!r}")
-        return replace(config or cls(), **options)
-
 # %% ../nbs/22_fusion.ipynb #21d0b105
 def _floats(m): return {k: v.detach().double() for k, v in m.state_dict().items() if v.is_floating_point()}
-
-def _ticked(timings) -> float:
-    "The seconds `timings` holds for transport maps (costs and solves)"
-    return 0.0 if timings is None else timings.get('costs', 0.0) + timings.get('solves', 0.0)
 
 def _walk(model, anchor, graph, acts_a, acts_b, cfg:FusionConfig=None, given=None, timings=None) -> _Ctx:
     "Run the per-node rules over `graph`: the aligned parameters of `model` in `c.out` and the maps in `c.maps`"
