@@ -15,7 +15,7 @@ from .param import Parameterization
 from functools import lru_cache
 from .data import EMBEDDED, StreamConfig, make_stream, dataset_available
 from .sweep import RunSpec, Sweep, RunList, ResultStore, run_sweep
-from .claims import (Claim, Check, make_claim, worst, curve, mean_se, difference, trend, half_rise, crossing,
+from .claims import (REVERSAL_RULE, INTERIOR_RULE, Claim, Check, make_claim, worst, curve, mean_se, difference, trend, half_rise, crossing,
                              rise_width, bootstrap, interval, optimum, u_shape, shift, shift_interval, overlap, slope,
                              sign_of, equivalent, learned, fmt_interval, K_SE)
 
@@ -273,14 +273,14 @@ def stationary_claims(runs:pd.DataFrame, strict:bool=True) -> list:
     tr = [_transfer(r[r.setting == 'continual'], dataset=d) for (d,) in _cells(r, 'dataset')]
     return [
         make_claim("Stationary training: more feature learning helps — the pooled test error falls as γ0 grows (Fig. 1a)",
-                   f"At every width: over the whole γ0 grid no pair of points goes up by more than {K_SE:g} SE, and the error at "
+                   f"At every width: over the whole γ0 grid no pair of points goes up {REVERSAL_RULE}, and the error at "
                    f"the largest γ0 is below the error at the smallest by more than {K_SE:g} SE", st, lab, note),
         make_claim("Stationary training: width helps — the widest network reaches a lower pooled error (Fig. 1a)",
                    f"The best (over γ0) mean pooled error of the widest network is below the narrowest's by more than {K_SE:g} SE "
                    f"(above by more than {K_SE:g} SE: disagrees)", best, [d for (d,) in _cells(r, 'dataset')], note),
         make_claim("Continual training: the final average error is U-shaped in γ0, best at an intermediate γ0 (Fig. 1b)",
-                   f"At every width: the grid minimum γ0* lies strictly inside the grid and both ends are worse than it by more "
-                   f"than {K_SE:g} SE (agrees); the bootstrap interval of γ0* is one end of the grid (disagrees)", u, lab, note),
+                   f"At every width: the grid minimum γ0* lies strictly inside the grid and both ends are worse than it "
+                   f"{INTERIOR_RULE} (agrees); the bootstrap interval of γ0* is one end of the grid (disagrees)", u, lab, note),
         make_claim("The optimal γ0 of continual training transfers across widths (abstract)",
                    "The 95 % bootstrap intervals of γ0* (seeds resampled) share a point across the widths, each spanning at most "
                    "one decade (agrees); two of them are disjoint (disagrees)", tr, [d for (d,) in _cells(r, 'dataset')], note)]
@@ -334,7 +334,7 @@ def gamma_claims(runs:pd.DataFrame, strict:bool=True) -> list:
                               f"{crossing(xs, mc):.3g}; 20→80 % of the rise over {rw:.2f} decades", f"{fmt_interval(ivw, 2)} decades"))
     return [
         make_claim("More feature learning, more forgetting: CFr rises with γ0 (Fig. 1c)",
-                   f"At every width: no pair of γ0 points goes down by more than {K_SE:g} SE and CFr at the largest γ0 exceeds CFr "
+                   f"At every width: no pair of γ0 points goes down {REVERSAL_RULE} and CFr at the largest γ0 exceeds CFr "
                    f"at the smallest by more than {K_SE:g} SE", cfr, lab, note),
         make_claim("More feature learning, more plasticity: the learning accuracy LA rises with γ0 (spec §6, E4)",
                    "At every width: the same trend test on LA", la, lab, note),
@@ -397,10 +397,10 @@ def split_claims(runs:pd.DataFrame, strict:bool=True) -> list:
     tr = [_transfer(r, dataset=d) for d in ds]
     return [
         make_claim("Task-incremental: the final average error is U-shaped in γ0 (Fig. 1b)",
-                   f"At every width: the grid minimum lies strictly inside the grid and both ends are worse by more than {K_SE:g} SE "
+                   f"At every width: the grid minimum lies strictly inside the grid and both ends are worse {INTERIOR_RULE} "
                    f"(agrees); the bootstrap interval of γ0* is a grid end (disagrees)", u, lab, note),
         make_claim("Task-incremental: CFr rises with γ0 (Fig. 1c)",
-                   f"At every width: no pair of γ0 points goes down by more than {K_SE:g} SE, and the largest γ0 beats the smallest "
+                   f"At every width: no pair of γ0 points goes down {REVERSAL_RULE}, and the largest γ0 beats the smallest "
                    f"by more than {K_SE:g} SE", c, lab, note),
         make_claim("Task-incremental: γ0* transfers across widths (abstract)",
                    "The 95 % bootstrap intervals of γ0* share a point across widths, each spanning at most one decade (agrees); "

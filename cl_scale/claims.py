@@ -10,13 +10,13 @@ import math
 from dataclasses import dataclass, asdict, fields
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import norm, t as student_t
 
 # %% auto #0
-__all__ = ['K_SE', 'LEVEL', 'N_BOOT', 'MIN_SHIFT', 'VERDICTS', 'Claim', 'show_claims', 'Check', 'worst', 'combine', 'make_claim',
-           'curve', 'mean_se', 'difference', 'paired', 'k_reversal', 'trend', 'half_rise', 'crossing', 'rise_width',
-           'bootstrap', 'interval', 'optimum', 'fmt_interval', 'u_shape', 'shift_interval', 'shift', 'overlap', 'slope',
-           'sign_of', 'equivalent', 'learned']
+__all__ = ['K_SE', 'LEVEL', 'N_BOOT', 'MIN_SHIFT', 'VERDICTS', 'REVERSAL_RULE', 'INTERIOR_RULE', 'Claim', 'show_claims', 'Check',
+           'worst', 'combine', 'make_claim', 'curve', 'mean_se', 'difference', 'paired', 'k_reversal', 'trend',
+           'half_rise', 'crossing', 'rise_width', 'bootstrap', 'interval', 'optimum', 'fmt_interval', 'k_interior',
+           'u_shape', 'shift_interval', 'shift', 'overlap', 'slope', 'sign_of', 'equivalent', 'learned']
 
 # %% ../nbs/04_claims.ipynb #01484e7b
 K_SE = 2.0          # a difference counts when it exceeds K_SE combined standard errors
@@ -144,6 +144,9 @@ def k_reversal(n_points:int, k:float=K_SE) -> float:
     pairs = max(1, n_points * (n_points - 1) // 2)
     return max(k, float(norm.ppf(1 - 0.025 / pairs)))
 
+REVERSAL_RULE = (f"by more than k_reversal SE (per-seed paired differences; Bonferroni over the grid's pairs at one-sided "
+                 f"2.5 %, at least {K_SE:g})")   # how a criterion's text names the reversal threshold of `trend`
+
 def trend(xs, Y, sign:int=1, k:float=K_SE, min_effect:float=0.0, fmt=_fmt) -> Check:
     "Does the mean of Y rise (`sign`=+1) or fall (−1) along xs over the whole grid? (no significant paired reversal; last vs first)"
     xs, Y = np.asarray(xs, float), np.asarray(Y, float); m, se, n = mean_se(Y)
@@ -235,16 +238,23 @@ def fmt_interval(iv, d:int=3) -> str:
     return 'no interval' if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{_fmt(lo, d)}, {_fmt(hi, d)}]"
 
 # %% ../nbs/04_claims.ipynb #3af0f6cb
+def k_interior(n_points:int, n_seeds:int, k:float=K_SE) -> float:
+    "The threshold an end must pass against the best of the n − 2 interior points: Bonferroni at one-sided 2.5 %, Student's t for SEs from `n_seeds` seeds, at least k"
+    return max(k, float(student_t.ppf(1 - 0.025 / max(1, n_points - 2), df=max(1, 2 * (n_seeds - 1)))))
+
+INTERIOR_RULE = (f"by more than k_interior SE (Bonferroni over the interior points at one-sided 2.5 %, Student's t for "
+                 f"standard errors from the seeds, at least {K_SE:g})")   # how a criterion's text names `u_shape`'s threshold
+
 def u_shape(xs, Y, k:float=K_SE, n_boot:int=N_BOOT) -> Check:
-    "Is the mean of Y minimal strictly inside the grid, with both ends worse by more than k SE? (bootstrap interval of the optimum)"
+    "Is the mean of Y minimal strictly inside the grid, with both ends worse than it by more than `k_interior` SE? (bootstrap interval of the optimum)"
     xs = np.asarray(xs, float); m, se, n = mean_se(Y)
     ok = np.isfinite(m); xs_, m_, se_, Y_ = xs[ok], m[ok], se[ok], np.asarray(Y, float)[ok]
     if len(m_) < 3: return Check('inconclusive', f"{len(m_)} finite point(s)")
-    i = int(np.argmin(m_)); x0 = float(xs_[i])
+    i, ki = int(np.argmin(m_)), k_interior(len(m_), int(np.min(n[ok])), k); x0 = float(xs_[i])
     iv = interval(bootstrap(lambda mm: optimum(xs_, mm), Y_, n_boot=n_boot))
     text = f"γ0* = {x0:g} (error {_fmt(m_[i])}; ends {_fmt(m_[0])} at {xs_[0]:g}, {_fmt(m_[-1])} at {xs_[-1]:g})"
     ivt = f"γ0* in {fmt_interval(iv)}"
-    if 0 < i < len(m_) - 1 and all(difference(m_[i], se_[i], m_[j], se_[j], 1, k) == 'agrees' for j in (0, len(m_) - 1)):
+    if 0 < i < len(m_) - 1 and all(difference(m_[i], se_[i], m_[j], se_[j], 1, ki) == 'agrees' for j in (0, len(m_) - 1)):
         return Check('agrees', text, ivt)
     if iv[0] == iv[1] and iv[0] in (xs_[0], xs_[-1]): return Check('disagrees', text + ', at an end of the grid', ivt)
     return Check('inconclusive', text, ivt)

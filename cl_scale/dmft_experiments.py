@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from .dmft import similarity_problem, solve_two_layer, finite_two_layer, finite_deep, lazy_two_layer, solve_deep
 from .dmft import DMFTConvergenceWarning
-from .claims import K_SE, N_BOOT, LEVEL, Claim, Check, make_claim, curve, mean_se, difference, trend
+from .claims import K_SE, REVERSAL_RULE, INTERIOR_RULE, N_BOOT, LEVEL, Claim, Check, make_claim, curve, mean_se, difference, trend
 from .claims import half_rise, crossing, rise_width, bootstrap, interval, fmt_interval, shift, overlap, u_shape, sign_of
 
 # %% auto #0
@@ -375,8 +375,8 @@ def phase_claims(src, prefix:str='', n_boot:int=N_BOOT) -> list:
     low = [e for e in epss if e < RISE_EPS_MAX]
     claims = [make_claim(
         "Forgetting rises with γ0, from the lazy to the rich regime, at low and intermediate similarity (spec §4.3, E2)",
-        f"`trend` over the whole γ0 grid at every ε < {RISE_EPS_MAX:g}: no pair of γ0 points falls by more than {K_SE:g} "
-        f"combined SE, and the last point exceeds the first by more than {K_SE:g} SE (SE over problem seeds)",
+        f"`trend` over the whole γ0 grid at every ε < {RISE_EPS_MAX:g}: no pair of γ0 points falls "
+        f"{REVERSAL_RULE}, and the last point exceeds the first by more than {K_SE:g} SE (SE over problem seeds)",
         [trend(*Ys[e]) for e in low], lab(low))]
     checks = []
     for _, r in phase_transitions(ph, n_boot=n_boot).iterrows():
@@ -432,7 +432,7 @@ def phase_claims(src, prefix:str='', n_boot:int=N_BOOT) -> list:
         claims.append(make_claim(
             "In the rich regime forgetting peaks at intermediate similarity (precursor: ε ≈ 0.3–0.4; spec E2)",
             f"`u_shape` of −forgetting over ε at every γ0 ≥ {RICH_GAMMA0:g}: the peak strictly inside the ε grid with both ends "
-            f"lower by more than {K_SE:g} SE → agrees; the peak at an end of the grid on ≥ {int(LEVEL * 100)} % of the seed "
+            f"lower {INTERIOR_RULE} → agrees; the peak at an end of the grid on ≥ {int(LEVEL * 100)} % of the seed "
             f"resamples → disagrees", checks, [f"γ0={g:g}" for g in rich]))
     return claims
 
