@@ -7,7 +7,7 @@ Docs: https://cl-scale.github.io/cl_scale/dmft.html.md"""
 # %% ../nbs/11_dmft.ipynb #b22e9648
 from __future__ import annotations
 import math, time, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
@@ -18,8 +18,8 @@ from threadpoolctl import threadpool_limits         # so scipy's BLAS keeps to t
 # %% auto #0
 __all__ = ['ACTS', 'DMFTProblem', 'problem_from_arrays', 'problem_from_stream', 'similarity_problem', 'arccos_kernels',
            'deep_lazy_kernel', 'lazy_kernel', 'DMFTResult', 'solve_two_layer', 'finite_deep', 'finite_two_layer',
-           'lazy_two_layer', 'convergence_study', 'plot_convergence', 'DMFTConvergenceWarning', 'solve_deep',
-           'lazy_deep']
+           'lazy_two_layer', 'convergence_study', 'plot_convergence', 'DMFTConvergenceWarning', 'DeepConfig',
+           'solve_deep', 'lazy_deep']
 
 # %% ../nbs/11_dmft.ipynb #df69f3fc
 @dataclass
@@ -495,37 +495,70 @@ def _time_map(steps_from, steps_to) -> np.ndarray:
         W[i, lo] += 1 - (x - lo); W[i, hi] += x - lo
     return W
 
-def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta0:float=1.0, S:int=2000,
-               act:str='relu', readout:str='zero', base_width:int=64, damping:float=0.0, tol:float=1e-3,
-               max_iter:int=30, kink:float=0.05, jitter:float=1e-8, seed:int=0, keep_two_time:bool=False,
-               resp_every:int=1, resp_samples:int=None, dtype=torch.float64, float32_until:float=None,
-               init:DMFTResult=None, smooth_step:bool=False, sources:str='auto', progress:bool=False) -> DMFTResult:
-    "Two-time DMFT of a `depth`-hidden-layer μP network trained on the tasks of `problem` in order: damped fixed-point iteration on Φ, G, A, B"
-    _check_common(gamma0, eta0, act, readout)
-    _check_deep(depth, S, damping, tol, max_iter, kink, jitter)
-    if not isinstance(smooth_step, bool): raise ValueError(f"smooth_step must be True or False, got {smooth_step!r}")
-    if sources not in ('auto', 'factor', 'cholesky'): raise ValueError(f"sources must be 'auto', 'factor' or 'cholesky', got {sources!r}")
-    T, t_start = problem.n_tasks, time.time()
-    steps = _check_steps(steps, T)
-    L, P, Kst = int(depth), problem.P_tot, sum(steps)
-    nt = Kst + 1; n = nt * P                                    # time points 0..Kst (the last only for the final loss)
-    gt, dt, f64 = gamma0 / math.sqrt(base_width), dtype, torch.float64
-    if dtype not in (torch.float32, torch.float64): raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    if float32_until is not None:
-        if dtype != torch.float64: raise ValueError("float32_until (a float32 start before float64 iterations) needs dtype=torch.float64")
-        if not (isinstance(float32_until, (int, float)) and float32_until > 0): raise ValueError(f"float32_until must be a positive residual, got {float32_until!r}")
-        dt = torch.float32                                      # the precision of the first iterations
-    gen = torch.Generator().manual_seed(seed)
+# %% ../nbs/11_dmft.ipynb #a6ddd82f
+@dataclass
+class DeepConfig:
+    "The options of `solve_deep`: plain data, checked when made (the steps against the problem's tasks when it is solved)"
+    gamma0: float = 1.0            # feature-learning strength γ0 (γ̃ = γ0/√base_width)
+    depth: int = 2                 # hidden layers L
+    steps: object = 20             # GD steps per task: one integer, or one per task
+    eta0: float = 1.0              # the GD step η0
+    S: int = 2000                  # Monte-Carlo samples of every layer's single-site process
+    act: str = 'relu'              # 'relu' or 'linear'
+    readout: str = 'zero'          # the readout at initialisation: 'zero' or 'centered'
+    base_width: int = 64           # N0 of γ̃ = γ0/√N0
+    damping: float = 0.0           # β: a kernel becomes β·old + (1 − β)·new (the first estimate replaces the lazy start)
+    tol: float = 1e-3              # converged when every kernel's relative change is below it
+    max_iter: int = 30             # fixed-point iterations at most
+    kink: float = 0.05             # width of the smoothed φ'' (ReLU), relative to the pre-activations' scale
+    jitter: float = 1e-8           # Cholesky jitter, relative to the mean diagonal
+    seed: int = 0                  # the common random numbers
+    keep_two_time: bool = False    # keep Φ, G, A, B on the whole grid (for a warm start, `init`)
+    resp_every: int = 1            # the response functions' time stride (1: every step)
+    resp_samples: int = None       # samples used for the coarse responses (None: all S)
+    dtype: object = torch.float64  # the precision of the iterations
+    float32_until: float = None    # start in float32 until the residual is below this, then continue in float64
+    smooth_step: bool = False      # φ'(h) as the Gaussian CDF of width τ, the integral of the smoothed φ''
+    sources: str = 'auto'          # Gaussian sources from the kernels' own factor ('factor'), by Cholesky, or 'auto'
+    progress: bool = False         # a progress bar over the iterations
+
+    def __post_init__(self):
+        _check_common(self.gamma0, self.eta0, self.act, self.readout)
+        _check_deep(self.depth, self.S, self.damping, self.tol, self.max_iter, self.kink, self.jitter)
+        if not isinstance(self.smooth_step, bool): raise ValueError(f"smooth_step must be True or False, got {self.smooth_step!r}")
+        if self.sources not in ('auto', 'factor', 'cholesky'): raise ValueError(f"sources must be 'auto', 'factor' or 'cholesky', got {self.sources!r}")
+        if self.dtype not in (torch.float32, torch.float64): raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
+        if self.float32_until is not None:
+            if self.dtype != torch.float64: raise ValueError("float32_until (a float32 start before float64 iterations) needs dtype=torch.float64")
+            if not (isinstance(self.float32_until, (int, float)) and self.float32_until > 0):
+                raise ValueError(f"float32_until must be a positive residual, got {self.float32_until!r}")
+        r = self.resp_every
+        if not isinstance(r, (int, np.integer)) or isinstance(r, bool) or r < 1:
+            raise ValueError(f"resp_every (the response functions' time stride) must be an integer >= 1, got {r!r}")
+        if self.resp_samples is not None and (not isinstance(self.resp_samples, (int, np.integer)) or self.resp_samples < 2):
+            raise ValueError(f"resp_samples must be None or an integer >= 2, got {self.resp_samples!r}")
+
+    @classmethod
+    def of(cls, config=None, **options) -> DeepConfig:
+        "`config` (default: the defaults) with the fields in `options` replaced; an unknown option is an error"
+        names = [f.name for f in fields(cls)]
+        bad = sorted(set(options) - set(names))
+        if bad: raise TypeError(f"unknown solve_deep option(s) {bad}: the options are {names}")
+        if config is not None and not isinstance(config, cls): raise TypeError(f"config must be a DeepConfig, got {config!r}")
+        return replace(config or cls(), **options)
+
+# %% ../nbs/11_dmft.ipynb #2e0be814
+def _deep_noise(problem:DMFTProblem, cfg:DeepConfig, steps:list, nt:int, n:int, use_fac:bool):
+    "The common random numbers (drawn once in float64, reused by every iteration) and the problem's arrays on the grid; and the task slices"
+    S, L, P, T, f64 = cfg.S, int(cfg.depth), problem.P_tot, problem.n_tasks, torch.float64
+    gen = torch.Generator().manual_seed(cfg.seed)
     # common random numbers: drawn once (in float64 whatever the precision, so both precisions see the same noise)
     # and reused by every iteration
     noise = dict(U1=(torch.as_tensor(_sqrt_psd(problem.Kx), dtype=f64) @ torch.randn(P, S, generator=gen, dtype=f64)).repeat(nt, 1),
-                 w0=torch.zeros(S, dtype=f64) if readout == 'zero' else torch.randn(S, generator=gen, dtype=f64))
+                 w0=torch.zeros(S, dtype=f64) if cfg.readout == 'zero' else torch.randn(S, generator=gen, dtype=f64))
     noise |= {('u', l): torch.randn(n, S, generator=gen, dtype=f64) for l in range(2, L + 1)}
     noise |= {('r', l): torch.randn(n, S, generator=gen, dtype=f64) for l in range(1, L)}
-    # the coefficients of the sources on a kernel's own factor (below): at most max(S, P) of them
-    # 'auto': the factor when S ≤ n, where the sample kernel is rank-deficient (so Cholesky sampling jumps, see the
-    # prose) and the factor is also the cheaper, O(nS²) against O(n³ + n²S); Cholesky when S > n
-    use_fac = sources == 'factor' or (sources == 'auto' and S <= n)
+    # the coefficients of the sources on a kernel's own factor (`solve_deep`): at most max(S, P) of them
     if use_fac:
         noise |= {('xu', l): torch.randn(max(S, P), S, generator=gen, dtype=f64) for l in range(2, L + 1)}
         noise |= {('xr', l): torch.randn(max(S, P), S, generator=gen, dtype=f64) for l in range(1, L)}
@@ -533,13 +566,11 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
     mask, Pc = torch.zeros(nt, P, dtype=f64), torch.ones(nt, dtype=f64)
     for k, j in enumerate(np.repeat(np.arange(T), steps)): mask[k, sls[j]] = 1; Pc[k] = problem.task_sizes[j]
     fixed = noise | dict(y=torch.as_tensor(problem.y, dtype=f64), mask=mask, Pc=Pc, Kx=torch.as_tensor(problem.Kx, dtype=f64))
-    st = {k: v.to(dt) for k, v in fixed.items()}             # the same, in the current precision
-    if not isinstance(resp_every, (int, np.integer)) or isinstance(resp_every, bool) or resp_every < 1:
-        raise ValueError(f"resp_every (the response functions' time stride) must be an integer >= 1, got {resp_every!r}")
-    if resp_samples is not None and (not isinstance(resp_samples, (int, np.integer)) or resp_samples < 2):
-        raise ValueError(f"resp_samples must be None or an integer >= 2, got {resp_samples!r}")
-    grid = None if resp_every == 1 and resp_samples is None else _response_grid(steps, int(resp_every), P)
-    relu = act == 'relu'
+    return fixed, sls
+
+def _deep_start(problem:DMFTProblem, cfg:DeepConfig, nt:int, n:int, use_fac:bool, dt):
+    "The lazy start: Φ^ℓ the arc-cosine kernels, constant in time; G; A = B = 0; the sources' factors; ReLU's smoothing widths τ_ℓ"
+    L, P, act, readout, kink = int(cfg.depth), problem.P_tot, cfg.act, cfg.readout, cfg.kink
     # initial state: the lazy kernels, constant in time; A = B = 0
     Phi0 = [np.asarray(problem.Kx)]
     for _ in range(L): Phi0.append(arccos_kernels(Phi0[-1], act)[0])
@@ -560,23 +591,51 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
     B = {l: torch.zeros(n, n, dtype=dt) for l in range(1, L + 1)}
     taus = {l: kink * math.sqrt(max(np.diag(Phi0[l - 1]).mean(), 1e-300)) for l in range(1, L + 1)}
     strict_t = torch.ones(nt, nt).tril_(-1)                  # s < t between time steps (the grid's mask, per block)
-    if init is not None:
-        # a warm start: another solve's two-time kernels, interpolated in task-relative time. The responses are per step
-        # and proportional to the step size, so they are rescaled by the ratio of the learning rates, and kept causal.
-        tt = getattr(init, 'two_time', None)
-        if not tt: raise ValueError("init must be a solve_deep result kept with keep_two_time=True")
-        if tt['P_tot'] != P or sorted(tt['Phi']) != list(range(1, L)) or sorted(tt['G']) != list(range(2, L + 1)):
-            raise ValueError(f"init was solved for another problem size or depth (P_tot={tt['P_tot']}, "
-                             f"depth={len(tt['G'])}); this solve has P_tot={P}, depth={L}")
-        nt0, Wt = tt['n_times'], torch.as_tensor(_time_map(init.config['steps'], steps), dtype=dt)
-        up = lambda M: torch.einsum('ti,iajb,sj->tasb', Wt, torch.as_tensor(M, dtype=dt).view(nt0, P, nt0, P), Wt)
-        scale, causal_t = eta0 / init.config['eta0'], torch.ones(nt, nt).tril_()
-        for l in range(1, L):
-            Phi[l] = up(tt['Phi'][l]).reshape(n, n)
-            A[l] = (up(tt['A'][l]) * (scale * strict_t[:, None, :, None])).reshape(n, n)
-            B[l] = (up(tt['B'][l]) * (scale * causal_t[:, None, :, None])).reshape(n, n)
-        for l in range(2, L + 1): G[l] = up(tt['G'][l]).reshape(n, n)
-        fac = {}                                                   # interpolated kernels: factored by Cholesky
+    return Phi, G, A, B, fac, taus, strict_t
+
+def _deep_warm_start(init:DMFTResult, cfg:DeepConfig, steps:list, Phi, G, A, B, nt:int, n:int, P:int, dt, strict_t):
+    "Overwrite the start (in place) with `init`'s two-time kernels, interpolated in task-relative time; the factors are dropped"
+    L, eta0 = int(cfg.depth), cfg.eta0
+    # a warm start: another solve's two-time kernels, interpolated in task-relative time. The responses are per step
+    # and proportional to the step size, so they are rescaled by the ratio of the learning rates, and kept causal.
+    tt = getattr(init, 'two_time', None)
+    if not tt: raise ValueError("init must be a solve_deep result kept with keep_two_time=True")
+    if tt['P_tot'] != P or sorted(tt['Phi']) != list(range(1, L)) or sorted(tt['G']) != list(range(2, L + 1)):
+        raise ValueError(f"init was solved for another problem size or depth (P_tot={tt['P_tot']}, "
+                         f"depth={len(tt['G'])}); this solve has P_tot={P}, depth={L}")
+    nt0, Wt = tt['n_times'], torch.as_tensor(_time_map(init.config['steps'], steps), dtype=dt)
+    up = lambda M: torch.einsum('ti,iajb,sj->tasb', Wt, torch.as_tensor(M, dtype=dt).view(nt0, P, nt0, P), Wt)
+    scale, causal_t = eta0 / init.config['eta0'], torch.ones(nt, nt).tril_()
+    for l in range(1, L):
+        Phi[l] = up(tt['Phi'][l]).reshape(n, n)
+        A[l] = (up(tt['A'][l]) * (scale * strict_t[:, None, :, None])).reshape(n, n)
+        B[l] = (up(tt['B'][l]) * (scale * causal_t[:, None, :, None])).reshape(n, n)
+    for l in range(2, L + 1): G[l] = up(tt['G'][l]).reshape(n, n)
+    return {}                                                      # interpolated kernels: factored by Cholesky
+
+# %% ../nbs/11_dmft.ipynb #3ae614cd
+def solve_deep(problem:DMFTProblem, config:DeepConfig=None, init:DMFTResult=None, **options) -> DMFTResult:
+    "Two-time DMFT of a `depth`-hidden-layer μP network trained on the tasks of `problem` in order: damped fixed-point iteration on Φ, G, A, B; `options`: fields of `DeepConfig`"
+    cfg = DeepConfig.of(config, **options)
+    gamma0, eta0, S, act, readout, base_width = cfg.gamma0, cfg.eta0, cfg.S, cfg.act, cfg.readout, cfg.base_width
+    damping, tol, max_iter, jitter, dtype, float32_until = cfg.damping, cfg.tol, cfg.max_iter, cfg.jitter, cfg.dtype, cfg.float32_until
+    smooth_step, sources, progress, resp_samples = cfg.smooth_step, cfg.sources, cfg.progress, cfg.resp_samples
+    T, t_start = problem.n_tasks, time.time()
+    steps = _check_steps(cfg.steps, T)
+    L, P, Kst = int(cfg.depth), problem.P_tot, sum(steps)
+    nt = Kst + 1; n = nt * P                                    # time points 0..Kst (the last only for the final loss)
+    gt, dt = gamma0 / math.sqrt(base_width), dtype
+    if float32_until is not None: dt = torch.float32            # the precision of the first iterations
+    # the coefficients of the sources on a kernel's own factor (below): at most max(S, P) of them
+    # 'auto': the factor when S ≤ n, where the sample kernel is rank-deficient (so Cholesky sampling jumps, see the
+    # prose) and the factor is also the cheaper, O(nS²) against O(n³ + n²S); Cholesky when S > n
+    use_fac = sources == 'factor' or (sources == 'auto' and S <= n)
+    fixed, sls = _deep_noise(problem, cfg, steps, nt, n, use_fac)
+    st = {k: v.to(dt) for k, v in fixed.items()}             # the same, in the current precision
+    grid = None if cfg.resp_every == 1 and resp_samples is None else _response_grid(steps, int(cfg.resp_every), P)
+    relu = act == 'relu'
+    Phi, G, A, B, fac, taus, strict_t = _deep_start(problem, cfg, nt, n, use_fac, dt)
+    if init is not None: fac = _deep_warm_start(init, cfg, steps, Phi, G, A, B, nt, n, P, dt, strict_t)
 
     def source(kind, k, kern, name, l):
         "Gaussian sources with the covariance of kernel `kern[k]` on the grid (n × S), common random numbers"
@@ -699,15 +758,15 @@ def solve_deep(problem:DMFTProblem, gamma0:float=1.0, depth:int=2, steps=20, eta
         Gs = [(sims[l]['g'][b] @ sims[l]['g'][b].T / S).numpy() for l in range(1, L + 1)] + [np.ones((P, P))]
         return dict(Phi=Phis[L], G=Gs[L - 1], K=sum(Gs[l] * Phis[l] for l in range(L + 1)), Phi_layers=Phis[1:], G_layers=Gs[:L])
     two = {}
-    if keep_two_time:
+    if cfg.keep_two_time:
         two = dict(Phi={l: Phi[l].numpy() for l in range(1, L)}, G={l: G[l].numpy() for l in range(2, L + 1)},
                    A={l: A[l].numpy() for l in range(1, L)}, B={l: B[l].numpy() for l in range(1, L)}, n_times=nt, P_tot=P)
-    cfg = dict(gamma0=gamma0, depth=L, steps=steps, eta0=eta0, S=S, act=act, readout=readout, base_width=base_width,
-               damping=damping, tol=tol, max_iter=max_iter, kink=kink, jitter=jitter, seed=seed, resp_every=resp_every, resp_samples=resp_samples, dtype=str(dtype),
+    out = dict(gamma0=gamma0, depth=L, steps=steps, eta0=eta0, S=S, act=act, readout=readout, base_width=base_width,
+               damping=damping, tol=tol, max_iter=max_iter, kink=cfg.kink, jitter=jitter, seed=cfg.seed, resp_every=cfg.resp_every, resp_samples=resp_samples, dtype=str(dtype),
                float32_until=float32_until, smooth_step=smooth_step, sources='factor' if use_fac else 'cholesky', float32_iterations=n32 if n32 is not None else len(residuals),
                residual_parts=parts, iteration_seconds=secs, init=None if init is None else f"steps {init.config['steps']}, eta0 {init.config['eta0']}",
                problem=repr(problem))
-    return DMFTResult(loss, ends, [kernels(t) for t in [0] + ends], {}, cfg, time.time() - t_start,
+    return DMFTResult(loss, ends, [kernels(t) for t in [0] + ends], {}, out, time.time() - t_start,
                       np.array(residuals), conv, two)
 
 def lazy_deep(problem:DMFTProblem, depth:int=2, steps=200, eta0:float=1.0, act:str='relu', readout:str='zero') -> np.ndarray:
