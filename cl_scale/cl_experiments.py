@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from .param import Parameterization
+from .options import sized
 from functools import lru_cache
 from .data import EMBEDDED, StreamConfig, make_stream, dataset_available
 from .sweep import RunSpec, Sweep, RunList, ResultStore, run_sweep
@@ -67,12 +68,11 @@ class CLSuite:
     @classmethod
     def make(cls, quick:bool=True, **kw) -> CLSuite:
         "The quick or the full sizes, with any field overridden by `kw`"
-        full = {} if quick else dict(
+        return sized(cls, quick, dict(
             datasets=('digits', 'mnist5k'), widths=(64, 256, 1024), similarity_widths=(64, 256),
             gamma0s=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0), seeds=(0, 1, 2, 3, 4),
             similarities=(0.0, 0.25, 0.5, 0.75, 0.9), width_widths=(64, 128, 256, 512, 1024, 2048),
-            steps=100, lrs=(3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0), cifar_widths=(16, 32, 64))
-        return cls(**{**full, **kw})
+            steps=100, lrs=(3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0), cifar_widths=(16, 32, 64)), **kw)
 
     def _stream(self, dataset:str, kind:str='permuted') -> dict:
         d = dict(dataset=dataset, kind=kind, n_tasks=self.n_tasks)

@@ -7,13 +7,14 @@ Docs: https://cl-scale.github.io/cl_scale/dmft.html.md"""
 # %% ../nbs/11_dmft.ipynb #b22e9648
 from __future__ import annotations
 import math, time, warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from scipy.linalg.lapack import dpotrf             # in-place Cholesky of the deep solver's large kernels
 from threadpoolctl import threadpool_limits         # so scipy's BLAS keeps to torch's thread count
+from .options import with_options
 
 # %% auto #0
 __all__ = ['ACTS', 'DMFTProblem', 'problem_from_arrays', 'problem_from_stream', 'similarity_problem', 'arccos_kernels',
@@ -541,11 +542,7 @@ class DeepConfig:
     @classmethod
     def of(cls, config=None, **options) -> DeepConfig:
         "`config` (default: the defaults) with the fields in `options` replaced; an unknown option is an error"
-        names = [f.name for f in fields(cls)]
-        bad = sorted(set(options) - set(names))
-        if bad: raise TypeError(f"unknown solve_deep option(s) {bad}: the options are {names}")
-        if config is not None and not isinstance(config, cls): raise TypeError(f"config must be a DeepConfig, got {config!r}")
-        return replace(config or cls(), **options)
+        return with_options(cls, config, 'solve_deep option', **options)
 
 # %% ../nbs/11_dmft.ipynb #2e0be814
 def _deep_noise(problem:DMFTProblem, cfg:DeepConfig, steps:list, nt:int, n:int, use_fac:bool):

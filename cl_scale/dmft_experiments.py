@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from .dmft import similarity_problem, solve_two_layer, finite_two_layer, finite_deep, lazy_two_layer, solve_deep
 from .dmft import DMFTConvergenceWarning
+from .options import sized
 from .claims import K_SE, REVERSAL_RULE, INTERIOR_RULE, N_BOOT, LEVEL, Claim, Check, make_claim, curve, mean_se, difference, trend
 from .claims import half_rise, crossing, rise_width, bootstrap, interval, fmt_interval, shift, overlap, u_shape, sign_of
 
@@ -87,17 +88,13 @@ class DMFTSuite:
     @classmethod
     def make(cls, quick:bool=True, **kw) -> DMFTSuite:
         "The quick or the full sizes, with any field overridden by `kw`"
-        names = {f.name for f in fields(cls)}
-        bad = sorted(set(kw) - names)
-        if bad: raise ValueError(f"unknown DMFTSuite field(s) {bad}: choose from {sorted(names)}")
-        full = {} if quick else dict(
+        return sized(cls, quick, dict(
             two_layer_steps=100, two_layer_widths=(64, 256, 1024, 4096), two_layer_seeds=16, two_layer_S_ref=40_000,
             two_layer_n_ref=6, lazy_S=10_000, lazy_n=6,
             phase_gamma0s=(0.03, 0.06, 0.125, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0),
             phase_eps=(0.05, 0.25, 0.5, 0.75, 0.9, 0.95), phase_seeds=6, phase_steps=200, phase_S=10_000,
             deep_gamma0s=(0.1, 0.4, 1.0, 1.4, 1.7, 2.0), deep_eps=(0.25, 0.75), deep_widths=(256, 512, 1024, 2048, 4096),
-            deep_seeds=6, deep_solver_seeds=3, deep_P=10, deep_steps=40, deep_S=6000)
-        return cls(**{**full, **kw})
+            deep_seeds=6, deep_solver_seeds=3, deep_P=10, deep_steps=40, deep_S=6000), **kw)
 
     def to_dict(self) -> dict:
         "Plain JSON-ready data"

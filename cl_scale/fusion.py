@@ -9,12 +9,13 @@ from __future__ import annotations
 import copy, importlib, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 import torch
 from torch import nn
 from .ot import (transport_map, plan_map, identity_map, mix_maps, TransportMap, standardize, cost_matrix,
                          input_gram, cost_via_inputs, activation_cost, ot_plan, _tick)
 from .models import ViT, BERT
+from .options import with_options
 
 # %% auto #0
 __all__ = ['ARCHS', 'COSTS', 'SOLVERS', 'QK', 'RESID_POLICIES', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'Tie', 'Keep', 'vit_graph',
@@ -289,11 +290,7 @@ class FusionConfig:
     @classmethod
     def of(cls, config=None, **options) -> FusionConfig:
         "`config` (default: the defaults) with the fields in `options` replaced; an unknown option is an error"
-        names = [f.name for f in fields(cls)]
-        bad = sorted(set(options) - set(names))
-        if bad: raise TypeError(f"unknown fusion option(s) {bad}: the options are {names}")
-        if config is not None and not isinstance(config, cls): raise TypeError(f"config must be a FusionConfig, got {config!r}")
-        return replace(config or cls(), **options)
+        return with_options(cls, config, 'fusion option', **options)
 
 # %% ../nbs/22_fusion.ipynb #7c5a8560
 def _hard(M):

@@ -8,7 +8,7 @@ Docs: https://cl-scale.github.io/cl_scale/fusion_experiments.html.md"""
 from __future__ import annotations
 import math, multiprocessing, os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
+from .options import sized
 from .claims import Claim
 from .data import load_dataset, stratified_subset
 from .models import ViT
@@ -43,11 +44,7 @@ class FusionSuite:
     @classmethod
     def make(cls, quick:bool=True, **kw) -> FusionSuite:
         "The quick or the full sizes, with any field overridden by `kw`"
-        names = {f.name for f in fields(cls)}
-        bad = sorted(set(kw) - names)
-        if bad: raise ValueError(f"unknown FusionSuite field(s) {bad}: choose from {sorted(names)}")
-        full = {} if quick else dict(pairs=3, epochs=40, ft_epochs=8, regs=(0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3))
-        return cls(**{**full, **kw})
+        return sized(cls, quick, dict(pairs=3, epochs=40, ft_epochs=8, regs=(0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)), **kw)
 
     def vit(self) -> dict:
         "The parents' `ViT` configuration"
