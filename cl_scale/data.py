@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #c4d022f8
 from __future__ import annotations
-import gzip, math, os, random
+import collections, gzip, math, os, random, re
 from dataclasses import dataclass, asdict, replace
 from functools import lru_cache
 from importlib import resources
@@ -15,10 +15,11 @@ import torch
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'TORCHVISION', 'DATASETS', 'STREAM_KINDS', 'Dataset', 'data_root', 'dataset_available', 'stratified_split',
-           'stratified_subset', 'load_dataset', 'StreamConfig', 'Task', 'TaskStream', 'pixel_order',
-           'partial_permutation', 'apply_permutation', 'rotate', 'permuted_stream', 'split_stream', 'rotated_stream',
-           'make_stream', 'joint_task', 'plot_stream']
+__all__ = ['EMBEDDED', 'TORCHVISION', 'DATASETS', 'WORD_SPECIAL', 'STREAM_KINDS', 'Dataset', 'data_root', 'dataset_available',
+           'stratified_split', 'stratified_subset', 'load_dataset', 'pydoc_texts', 'word_tokens', 'word_vocab',
+           'word_ids', 'word_sequences', 'StreamConfig', 'Task', 'TaskStream', 'pixel_order', 'partial_permutation',
+           'apply_permutation', 'rotate', 'permuted_stream', 'split_stream', 'rotated_stream', 'make_stream',
+           'joint_task', 'plot_stream']
 
 # %% ../nbs/01_data.ipynb #630bfe0c
 EMBEDDED = ('digits', 'mnist5k', 'mnist1d')
@@ -144,6 +145,35 @@ def load_dataset(name:str='digits', seed:int=0, test_frac:float=0.2, n_train:int
     t = lambda a: torch.as_tensor((a - mean) / std, dtype=dtype)
     return Dataset(name, t(xtr), torch.as_tensor(ytr), t(xte), torch.as_tensor(yte), int(max(ytr.max(), yte.max()) + 1),
                    mean, std, (0.0 - mean) / std)
+
+# %% ../nbs/01_data.ipynb #df9ad511
+WORD_SPECIAL = ('[PAD]', '[UNK]', '[MASK]')     # ids 0, 1 and 2 of every word vocabulary
+
+def pydoc_texts() -> list:
+    "The help texts of Python's `help()` (the standard library's `pydoc_data.topics`), in the module's own order"
+    from pydoc_data.topics import topics
+    return list(topics.values())
+
+def word_tokens(text:str) -> list:
+    "Lower-case words, numbers and single punctuation characters of `text`"
+    return re.findall(r"[a-z]+|[0-9]+|[^\sa-z0-9]", text.lower())
+
+def word_vocab(docs, n_words:int=500) -> list:
+    "`WORD_SPECIAL`, then the `n_words` most frequent tokens of `docs` (lists of tokens; ties: the first seen first)"
+    if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 1: raise ValueError(f"n_words must be a positive integer, got {n_words!r}")
+    return list(WORD_SPECIAL) + [w for w, _ in collections.Counter(t for d in docs for t in d).most_common(n_words)]
+
+def word_ids(docs, vocab) -> list:
+    "Every document (a list of tokens) as ids of `vocab`; tokens outside it become [UNK] = 1"
+    idx = {w: i for i, w in enumerate(vocab)}
+    return [[idx.get(t, 1) for t in d] for d in docs]
+
+def word_sequences(docs, vocab, seq_len:int=32) -> torch.Tensor:
+    "(n, seq_len) ids: every document cut into pieces of `seq_len` tokens, the last piece of each padded with [PAD] = 0"
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1: raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    seqs = [ids[s:s + seq_len] + [0] * (seq_len - len(ids[s:s + seq_len])) for ids in word_ids(docs, vocab) for s in range(0, len(ids), seq_len)]
+    if not seqs: raise ValueError("the documents have no tokens")
+    return torch.tensor(seqs)
 
 # %% ../nbs/01_data.ipynb #3790c418
 STREAM_KINDS = ('permuted', 'split', 'rotated')
