@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from .ot import TransportMap, activation_cost, plan_map
-from .fusion import FusionConfig, Lin, Attn, graph_for, collect_activations, check_compatible, _check_calib
+from .fusion import FusionConfig, Lin, Attn, graph_for, collect_activations, check_compatible, token_rules, _check_calib
 
 # %% auto #0
 __all__ = ['correlations', 'plan_entropy', 'top_mass', 'diagnosed_layers', 'layer_diagnostics', 'plot_alignment']
@@ -61,7 +61,7 @@ def layer_diagnostics(model, anchor, calib_data, maps:dict=None, config:FusionCo
     "Per layer of `anchor`'s flow graph: how well `model`'s neurons, aligned by each layer's plan, match the anchor's (see the table above)"
     cfg = FusionConfig.of(config, **options)
     check_compatible(model, anchor); _check_calib(model, calib_data); _check_calib(anchor, calib_data)
-    graph = graph_for(anchor)
+    graph = token_rules(graph_for(anchor), cfg.tokens)     # the points fusion's costs see, under the configured token rules
     layers = diagnosed_layers(graph)
     if not layers: raise ValueError(f"the flow graph of {type(anchor).__name__} has no layer with a transport problem of its own")
     acts_a = collect_activations(model, calib_data, graph, via_inputs=False, max_points=cfg.max_points)

@@ -6,10 +6,10 @@ Docs: https://cl-scale.github.io/cl_scale/fusion.html.md"""
 
 # %% ../nbs/22_fusion.ipynb #f4213eb1
 from __future__ import annotations
-import copy, importlib, time
+import copy, importlib, math, re, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 from .ot import (transport_map, plan_map, identity_map, mix_maps, TransportMap, standardize, cost_matrix,
@@ -18,9 +18,10 @@ from .models import ViT, BERT
 from .options import with_options
 
 # %% auto #0
-__all__ = ['ARCHS', 'COSTS', 'SOLVERS', 'QK', 'RESID_POLICIES', 'Lin', 'Vec', 'Merge', 'Attn', 'Map', 'Tie', 'Keep', 'vit_graph',
-           'bert_graph', 'Arch', 'register_graph', 'arch_for', 'graph_for', 'check_compatible', 'collect_activations',
-           'model_output', 'FusionConfig', 'align', 'vanilla_average', 'fuse', 'permuted_copy']
+__all__ = ['ARCHS', 'TOKEN_RULES', 'TOKEN_PRESETS', 'COSTS', 'SOLVERS', 'QK', 'RESID_POLICIES', 'Lin', 'Vec', 'Merge', 'Attn',
+           'Map', 'Tie', 'Keep', 'vit_graph', 'bert_graph', 'Arch', 'register_graph', 'arch_for', 'graph_for', 'Tokens',
+           'parse_tokens', 'token_rules', 'check_compatible', 'collect_activations', 'model_output', 'FusionConfig',
+           'align', 'vanilla_average', 'fuse', 'permuted_copy']
 
 # %% ../nbs/22_fusion.ipynb #6bf76f79
 @dataclass
@@ -30,6 +31,7 @@ class Lin:
     inp: str = None
     out: str = None
     reuse: bool = False   # take the existing map `out` for the outputs instead of solving for one (see `Tie`)
+    tokens: Tokens = None # which token positions of its output are points of the activation cost (None: all; see `Tokens`)
 
 @dataclass
 class Vec:
@@ -51,6 +53,7 @@ class Attn:
     inp: str
     out: str
     names: tuple = ('q', 'k', 'v')   # the sub-module names of the query, key and value projections
+    tokens: Tokens = None            # which token positions of q, k, v are points of the activation cost (None: all)
 
 @dataclass
 class Map:
@@ -58,6 +61,7 @@ class Map:
     name: str
     acts: str
     wts: tuple = ()
+    tokens: Tokens = None
 
 @dataclass
 class Tie:
@@ -132,6 +136,62 @@ def graph_for(model) -> list:
     "The flow graph of `model`'s architecture"
     return arch_for(model).graph(model)
 
+# %% ../nbs/22_fusion.ipynb #399108a4
+TOKEN_RULES = ('all', 'cls', 'window')
+
+@dataclass(frozen=True)
+class Tokens:
+    "Which token positions of a layer's (n, T, width) output are points of its activation cost: 'all', 'cls' (position 0), 'window' (class token + central k×k patches)"
+    keep: str = 'all'
+    k: int = None
+
+    def __post_init__(self):
+        if self.keep not in TOKEN_RULES: raise ValueError(f"unknown token rule {self.keep!r}: expected one of {TOKEN_RULES}")
+        if self.keep == 'window' and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"a window rule needs a positive integer size k, got {self.k!r}")
+        if self.keep != 'window' and self.k is not None: raise ValueError(f"only a window rule takes a size k, got k={self.k!r} with {self.keep!r}")
+
+    def positions(self, T:int, where:str='a layer'):
+        "The kept positions among T tokens (class token first), or None for all"
+        if self.keep == 'all': return None
+        if self.keep == 'cls': return torch.tensor([0])
+        g = math.isqrt(max(T - 1, 0))
+        if T < 2 or g * g != T - 1: raise ValueError(f"{where}: a window needs 1 + g² tokens (a square patch grid after the class token), got {T}")
+        if self.k > g or (g - self.k) % 2: raise ValueError(f"{where}: a centred {self.k}×{self.k} window does not fit a {g}×{g} patch grid")
+        lo = (g - self.k) // 2
+        rows = torch.arange(lo, lo + self.k)
+        return torch.cat([torch.tensor([0]), 1 + (rows[:, None] * g + rows[None, :]).reshape(-1)])
+
+def _tokens_of(s:str) -> Tokens:
+    if s == 'all': return None
+    m = re.fullmatch(r'window(\d+)', s)
+    if not m: raise ValueError(f"unknown token preset part {s!r}: 'all', 'cls_last' or 'window{{k}}'")
+    return Tokens('window', int(m.group(1)))
+
+TOKEN_PRESETS = ('all', 'cls_last', 'window{k}', 'window{k}+cls_last')
+
+def parse_tokens(preset:str) -> tuple:
+    "(class token only in the last block?, the rule of the other token layers) of a preset: 'all', 'cls_last', 'window{k}', 'window{k}+cls_last'"
+    if not isinstance(preset, str): raise ValueError(f"a token preset is one of {TOKEN_PRESETS}, got {preset!r}")
+    parts = preset.split('+')
+    rest = [p for p in parts if p != 'cls_last']
+    if len(rest) > 1 or len(parts) > 2 or len(set(parts)) < len(parts):
+        raise ValueError(f"unknown token preset {preset!r}: expected one of {TOKEN_PRESETS}")
+    return 'cls_last' in parts, (_tokens_of(rest[0]) if rest else None)
+
+def token_rules(graph:list, preset:str='all') -> list:
+    "A copy of `graph` with the token rules of `preset`: 'all', 'cls_last', 'window{k}', or 'window{k}+cls_last'"
+    last, other = parse_tokens(preset)
+    attns = [i for i, n in enumerate(graph) if isinstance(n, Attn)]
+    if last and not attns: raise ValueError("'cls_last' needs a graph with attention: the last block is found after its last Attn node")
+    out = []
+    for i, n in enumerate(graph):
+        if isinstance(n, (Lin, Attn, Map)):
+            n = replace(n, tokens=Tokens('cls') if last and isinstance(n, Lin) and i > attns[-1] and n.out is not None else other)
+        out.append(n)
+    return out
+
+
 # %% ../nbs/22_fusion.ipynb #02d1ae3d
 def check_compatible(model, anchor):
     "Raise a clear error when `model` cannot be aligned to `anchor` (different architecture, depth, tokens or classes)"
@@ -160,6 +220,13 @@ def _rows(t:torch.Tensor, keep=None) -> torch.Tensor:
     if t.dim() == 4: return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     if t.dim() == 3 and keep is not None: t = t[keep]
     return t.reshape(-1, t.shape[-1])
+
+def _select(t:torch.Tensor, tokens, keep, where:str):
+    "`t` (n, T, width) and the keep mask restricted to the positions of the token rule `tokens` (other tensors: unchanged)"
+    if tokens is None or t.dim() != 3: return t, keep
+    idx = tokens.positions(t.shape[1], where)
+    if idx is None: return t, keep
+    return t[:, idx], (None if keep is None else keep[:, idx])
 
 def _n_items(calib): return len(next(iter(calib.values()))) if isinstance(calib, dict) else len(calib)
 def _part(calib, s, e): return {k: v[s:e] for k, v in calib.items()} if isinstance(calib, dict) else calib[s:e]
@@ -203,23 +270,24 @@ def collect_activations(model, calib, graph, batch:int=None, via_inputs:bool=Non
     outs = {}                                          # key -> (module, 'in' | 'out')
     for n in graph:
         if isinstance(n, Lin) and n.out is not None and not n.reuse:
-            if _by_inputs([mods.get(n.path)], via_inputs): outs[f"{n.path}@in"] = (n.path, 'in')
-            else: outs[n.path] = (n.path, 'out')
+            if _by_inputs([mods.get(n.path)], via_inputs): outs[f"{n.path}@in"] = (n.path, 'in', n.tokens)
+            else: outs[n.path] = (n.path, 'out', n.tokens)
         elif isinstance(n, Attn):                      # Q, K and V read the same input: recorded once, if by inputs
             ps = [f"{n.path}.{p}" for p in n.names]
-            if _by_inputs([mods.get(p) for p in ps], via_inputs): outs.update({f"{p}@in": (p, 'in') for p in ps})
-            else: outs.update({p: (p, 'out') for p in ps})
-        elif isinstance(n, Map): outs[n.acts] = (n.acts, 'in')
-    missing = sorted({m for m, _ in outs.values() if m not in mods})
+            if _by_inputs([mods.get(p) for p in ps], via_inputs): outs.update({f"{p}@in": (p, 'in', n.tokens) for p in ps})
+            else: outs.update({p: (p, 'out', n.tokens) for p in ps})
+        elif isinstance(n, Map): outs[n.acts] = (n.acts, 'in', n.tokens)
+    missing = sorted({m for m, _, _ in outs.values() if m not in mods})
     if missing: raise ValueError(f"the flow graph names modules that {type(model).__name__} does not have: {missing[:5]}")
     arch, store, cur, seen = arch_for(model), {k: [] for k in outs}, {}, {}
-    def hook(key, where):
+    def hook(key, where, tokens, name):
         def f(mod, inp, out):
             t = inp[0] if where == 'in' else (out[0] if isinstance(out, tuple) else out)
-            if id(t) not in seen: seen[id(t)] = (t, _rows(t.detach(), cur.get('keep')))   # (t kept: ids stay unique)
-            store[key].append(seen[id(t)][1])          # a tensor several hooks see is stored once
+            s = (id(t), tokens)                        # one tensor under one token rule: recorded once
+            if s not in seen: seen[s] = (t, _rows(*_select(t.detach(), tokens, cur.get('keep'), name)))   # (t kept: ids stay unique)
+            store[key].append(seen[s][1])              # a tensor several hooks see is stored once
         return f
-    hs = [mods[m].register_forward_hook(hook(k, w)) for k, (m, w) in outs.items()]
+    hs = [mods[m].register_forward_hook(hook(k, w, tk, m)) for k, (m, w, tk) in outs.items()]
     was = model.training
     try:
         model.eval()
@@ -271,6 +339,7 @@ class FusionConfig:
     qk: str = 'separate'           # queries and keys aligned by maps of their own, or 'tied' (one map from their joint points)
     per_head: bool = False         # attention maps solved head by head (heads matched as blocks)
     max_points: int = None         # (sample, token) positions kept per layer for activation costs; None: all
+    tokens: str = 'all'            # the token rules of the flow graph (`token_rules`): 'all', 'cls_last', 'window{k}', 'window{k}+cls_last'
 
     def __post_init__(self):
         if self.cost not in COSTS: raise ValueError(f"unknown cost {self.cost!r}: expected one of {COSTS}")
@@ -286,6 +355,7 @@ class FusionConfig:
         m = self.max_points
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise ValueError(f"max_points must be a positive integer or None, got {m!r}")
+        parse_tokens(self.tokens)                                  # a bad token preset fails here, not in the walk
 
     @classmethod
     def of(cls, config=None, **options) -> FusionConfig:
@@ -533,7 +603,7 @@ def _collect_pair(model, anchor, calib, graph, max_points, acts_b=None):
 def _align(model, anchor, calib_data, cfg:FusionConfig, timings, acts_b=None):
     "`align`, also returning the maps and the anchor's activations (for `fuse` to reuse)"
     check_compatible(model, anchor)
-    graph = graph_for(anchor)
+    graph = token_rules(graph_for(anchor), cfg.tokens)
     acts_a = None
     if cfg.cost == 'acts':
         _check_calib(model, calib_data); _check_calib(anchor, calib_data)
