@@ -442,10 +442,6 @@ def fuse_parser() -> argparse.ArgumentParser:
         doc = re.sub(r'\b[A-Z][A-Z_]+\b', named, docs.get(f.name) or f.name)      # RESID_POLICIES → its values
         g.add_argument(flag, dest=f.name, type=_value(kind, f.name), default=None,
                        help=f"{doc} (default: {f.default!r}{'; the flag alone means true' if kind == 'bool' else ''})", **extra)
-    # ── issue 24, item 7 (planned, NOT implemented): the token-rule option ───────────────────────────────────────────
-    # A token-rule option (which token positions count as points for the activation costs) will be added to the fusion
-    # API. If it arrives as a FusionConfig field, the loop above already exposes it as a flag; if it arrives as a separate
-    # argument of `align`/`fuse`, add its flag here and pass it through `fuse_checkpoints`. Nothing is invented before then.
     return p
 
 def _one_line(e:Exception) -> str:
