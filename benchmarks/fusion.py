@@ -2,6 +2,15 @@
 images in 4×4 patches, so 65 tokens), 200 calibration images, activation cost, exact OT, `'mean'` residual policy.
 
 Run:  .venv/bin/python benchmarks/fusion.py [--threads 2] [--reps 3] [--no-hf] [--max-points 4000]
+      .venv/bin/python benchmarks/fusion.py --vit exp128 --grid [--no-report] [--train-epochs 3] [--threads 1]
+
+`--vit` selects the ViT: `bench192` (the default, above) or `exp128`, the width-128, 4-block ViT of the experiments
+(4 heads, MLP 256, 28×28×1 images in 7×7 patches, so 17 tokens). `--grid` adds the Sinkhorn grid (issue 24, item 5):
+for (a) a model fused with a permuted copy of itself and (b) two independent models, the exact fusion and the Sinkhorn
+fusion at every λ of (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3), each Sinkhorn time printed as a ratio to the exact
+fusion of the same pair, with its OT-solve time and its convergence warnings (the goal: no ratio above 2). The models
+are random (or, with `--train-epochs N` and `--vit exp128`, trained N epochs on `mnist5k`, the calibration images then
+being 200 training images); `--no-report` skips the report below (and the Hugging Face model).
 
 The models are freshly initialised (not trained) and the calibration images are Gaussian noise: the arithmetic of a
 fusion — two forward passes, one cost matrix and one exact OT per layer, the weight updates — does not depend on what
@@ -21,9 +30,10 @@ Prints, for our `cl_scale.models.ViT` and for Hugging Face `ViTForImageClassific
 - with `--max-points N`, the opt-in fusion from at most N (sample, token) positions per layer (it changes the maps).
 The 1-minute load average is printed before and after: above the thread count, the machine was shared and the times
 are inflated (CPU times much less so). Nothing is asserted."""
-import argparse, os, threading, time
+import argparse, os, threading, time, warnings
 import torch
 import cl_scale.fusion as F
+import cl_scale.ot as O
 from cl_scale.models import ViT
 
 def rss_mb():
@@ -91,10 +101,10 @@ def report(name, a, b, x, reps, max_points=None):
     print(f"  peak memory above baseline: {mem:.0f} MB;  vanilla averaging {tv * 1e3:.0f} ms → fusion / vanilla = {tm['total'] / tv:.0f}×")
     print(f"  without the input shortcuts: {t_off['total']:.2f} s ({t_off['total'] / tm['total']:.2f}× the fusion time; CPU {t_off['cpu']:.2f} s); "
           f"largest fused-parameter difference to the default {max_diff(fused, fused_off):.1e}")
-    orig = F._work_dtype
-    F._work_dtype = lambda *xs: torch.float64                               # ablation: float64 products
+    orig = O._work_dtype                                                    # the costs' dtype rule lives in cl_scale.ot
+    O._work_dtype = lambda *xs: torch.float64                               # ablation: float64 products
     try: t64, fused64 = timed_fuse(a, b, x, 1)
-    finally: F._work_dtype = orig
+    finally: O._work_dtype = orig
     out_diff = (F.model_output(fused, x) - F.model_output(fused64, x)).abs().max().item()
     print(f"  with float64 products: {t64['total']:.2f} s ({t64['total'] / tm['total']:.2f}× the fusion time; CPU {t64['cpu']:.2f} s); "
           f"largest fused-parameter difference to the default {max_diff(fused, fused64):.1e}, output difference {out_diff:.1e}")
@@ -103,18 +113,76 @@ def report(name, a, b, x, reps, max_points=None):
         print(f"  opt-in max_points={max_points}: {tp['total']:.2f} s (CPU {tp['cpu']:.2f} s) = {split(tp)}")
     return tm
 
+VITS = {   # name: (ViT configuration, calibration image shape, description)
+    'bench192': (dict(image_size=32, patch_size=4, in_channels=3, d=192, depth=6, heads=3, mlp=768), (3, 32, 32),
+                 "6 blocks, d = 192, MLP 768, 65 tokens"),
+    'exp128': (dict(image_size=28, patch_size=7, in_channels=1, d=128, depth=4, heads=4, mlp=256), (1, 28, 28),
+               "4 blocks, d = 128, MLP 256, 17 tokens"),
+}
+REGS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3)
+
+def grid_fuse(a, b, x, reps, **kw):
+    "Best-of-`reps` fusion time, the OT-solve time of that run, and the convergence warnings of the runs"
+    best, n_warn = None, 0
+    for _ in range(reps):
+        tm = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            t = time.perf_counter(); F.fuse([a, b], calib_data=x, timings=tm, **kw); t = time.perf_counter() - t
+        n_warn = max(n_warn, sum(issubclass(w.category, O.OTConvergenceWarning) for w in caught))
+        if best is None or t < best[0]: best = (t, tm.get('solves', 0.0))
+    return (*best, n_warn)
+
+def grid(pairs, x, reps):
+    "Exact and Sinkhorn fusion at every λ of REGS, per pair; returns the largest Sinkhorn / exact ratio"
+    worst = 0.0
+    for name, (a, b) in pairs.items():
+        te, se, _ = grid_fuse(a, b, x, reps)
+        print(f"  {name}: exact OT {te:.2f} s (OT solves {se:.2f} s)")
+        for reg in REGS:
+            t, s, w = grid_fuse(a, b, x, reps, solver='sinkhorn', reg=reg)
+            worst = max(worst, t / te)
+            print(f"    Sinkhorn λ = {reg:<5g}: {t:6.2f} s = {t / te:5.2f}× exact (OT solves {s:.2f} s)"
+                  f"{f'; {w} OTConvergenceWarning(s)' if w else ''}", flush=True)
+    return worst
+
+def trained_pair(cfg, epochs):
+    "Two ViTs (seeds 0 and 1) trained `epochs` epochs on mnist5k, and 200 of its training images"
+    from cl_scale.data import load_dataset
+    from cl_scale.fusion_experiments import train_classifier
+    ds = load_dataset('mnist5k')
+    x, y = ds.x_train.reshape(-1, 1, 28, 28), ds.y_train
+    ms = []
+    for seed in (0, 1):
+        torch.manual_seed(seed); ms.append(train_classifier(ViT(**cfg), x, y, epochs=epochs, lr=2e-3, seed=seed))
+    return ms, x[:200].clone()
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--threads', type=int, default=2); ap.add_argument('--reps', type=int, default=3)
     ap.add_argument('--no-hf', action='store_true'); ap.add_argument('--max-points', type=int, default=None)
+    ap.add_argument('--vit', choices=tuple(VITS), default='bench192', help="the ViT: bench192 (default) or exp128 (the experiments')")
+    ap.add_argument('--grid', action='store_true', help="add the Sinkhorn λ grid: permuted copy and independent models")
+    ap.add_argument('--no-report', action='store_true', help="skip the exact-fusion report (and the Hugging Face model)")
+    ap.add_argument('--train-epochs', type=int, default=0, help="exp128 only: train the two models this many epochs on mnist5k")
     a = ap.parse_args()
+    if a.train_epochs and a.vit != 'exp128': ap.error("--train-epochs needs --vit exp128 (mnist5k's 28×28 images)")
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}")
+    cfg, shape, desc = VITS[a.vit]
     torch.manual_seed(0)
-    x = torch.randn(200, 3, 32, 32)
-    cfg = dict(image_size=32, patch_size=4, in_channels=3, d=192, depth=6, heads=3, mlp=768)
-    report("cl_scale ViT (6 blocks, d = 192, MLP 768, 65 tokens, 200 images)", ViT(**cfg), ViT(**cfg), x, a.reps, a.max_points)
-    if not a.no_hf:
+    x = torch.randn(200, *shape)
+    if a.train_epochs: (m1, m2), x = trained_pair(cfg, a.train_epochs)
+    else: m1, m2 = ViT(**cfg), ViT(**cfg)
+    what = f"trained {a.train_epochs} epochs on mnist5k" if a.train_epochs else "random"
+    if not a.no_report:
+        report(f"cl_scale ViT ({desc}, 200 images, {what})", m1, m2, x, a.reps, a.max_points)
+    if a.grid:
+        print(f"Sinkhorn grid, cl_scale ViT ({desc}, {what}; best of {a.reps}):")
+        worst = grid({'(a) fused with a permuted copy of itself': (m1, F.permuted_copy(m1, 1)),
+                      '(b) two independent models': (m1, m2)}, x, a.reps)
+        print(f"  largest Sinkhorn / exact ratio: {worst:.2f}× ({'within' if worst <= 2 else 'ABOVE'} the goal of 2×)")
+    if not a.no_hf and not a.no_report and a.vit == 'bench192':
         try:
             import transformers
             from transformers import ViTConfig, ViTForImageClassification

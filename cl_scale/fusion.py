@@ -326,20 +326,22 @@ def model_output(model, data, batch:int=None) -> torch.Tensor:
     return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
 # %% ../nbs/22_fusion.ipynb #5a768ebc
-COSTS, SOLVERS, QK = ('acts', 'wts'), ('emd', 'sinkhorn'), ('separate', 'tied')
+COSTS, SOLVERS, QK = ('acts', 'wts'), ('emd', 'sinkhorn', 'uniform'), ('separate', 'tied')
 RESID_POLICIES = ('mean', 'only_resid', 'no_resid', 'identity')
 
 @dataclass(frozen=True)
 class FusionConfig:
     "How `align` and `fuse` build their transport maps"
     cost: str = 'acts'             # 'acts': activation costs on calibration data; 'wts': costs between weight rows
-    solver: str = 'emd'            # 'emd': exact OT (hard maps for equal widths); 'sinkhorn': entropic, soft maps
-    reg: float = 0.05              # Sinkhorn's regularisation λ, on max-normalised costs
+    solver: str = 'emd'            # 'emd': exact OT (hard maps for equal widths); 'sinkhorn': entropic, soft maps; 'uniform': μνᵀ, Sinkhorn's λ → ∞ limit (no alignment: the control)
+    reg: float = 0.05              # Sinkhorn's regularisation λ, on max-normalised costs (ignored by 'emd' and 'uniform')
     resid_policy: object = 'mean'  # how a residual merge combines its two maps: one of RESID_POLICIES, or a weight in [0, 1]
     qk: str = 'separate'           # queries and keys aligned by maps of their own, or 'tied' (one map from their joint points)
     per_head: bool = False         # attention maps solved head by head (heads matched as blocks)
     max_points: int = None         # (sample, token) positions kept per layer for activation costs; None: all
     tokens: str = 'all'            # the token rules of the flow graph (`token_rules`): 'all', 'cls_last', 'window{k}', 'window{k}+cls_last'
+    num_iter_max: int = None       # the solver's iteration budget (Sinkhorn: sweeps plus Newton steps; EMD: network-simplex iterations, which replaces the assignment solver); None: its default
+    tol: float = 1e-7              # the largest marginal error a plan may have, in units of the total mass 1; a plan that misses it warns
 
     def __post_init__(self):
         if self.cost not in COSTS: raise ValueError(f"unknown cost {self.cost!r}: expected one of {COSTS}")
@@ -356,6 +358,12 @@ class FusionConfig:
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise ValueError(f"max_points must be a positive integer or None, got {m!r}")
         parse_tokens(self.tokens)                                  # a bad token preset fails here, not in the walk
+        n = self.num_iter_max
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"num_iter_max must be a positive integer or None, got {n!r}")
+        t = self.tol
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+            raise ValueError(f"tol must be a positive finite number, got {t!r}")
 
     @classmethod
     def of(cls, config=None, **options) -> FusionConfig:
@@ -420,6 +428,7 @@ class _Ctx:
     cost = property(lambda self: self.cfg.cost); solver = property(lambda self: self.cfg.solver)
     reg = property(lambda self: self.cfg.reg); policy = property(lambda self: self.cfg.resid_policy)
     qk = property(lambda self: self.cfg.qk); per_head = property(lambda self: self.cfg.per_head)
+    opts = property(lambda self: dict(num_iter_max=self.cfg.num_iter_max, tol=self.cfg.tol))   # the solver's limits, for every plan
 
     def acts(self, side, key):
         "The activations (neurons × samples·tokens) of A's or B's neurons at `key`: recorded, or computed from the recorded inputs"
@@ -444,7 +453,7 @@ class _Ctx:
         t0 = time.perf_counter()
         C = self.act_cost(key) if self.cost == 'acts' else cost_matrix(_unit_rows(Wa), _unit_rows(Wb))
         _tick(self.timings, 'costs', t0)
-        return plan_map(C, self.solver, self.reg, timings=self.timings)
+        return plan_map(C, self.solver, self.reg, **self.opts, timings=self.timings)
 
 # %% ../nbs/22_fusion.ipynb #4090dcb1
 def _lin(c:_Ctx, n:Lin):
@@ -469,7 +478,7 @@ def _attn_maps(c:_Ctx, n:Attn, W):
             qa = torch.cat([c.acts('a', key('q')), c.acts('a', key('k'))], 1) if c.cost == 'acts' else torch.cat([_unit_rows(W['q']), _unit_rows(W['k'])], 1)
             qb = (torch.cat([c.acts('b', key('q')), c.acts('b', key('k'))], 1) if c.cost == 'acts'
                   else torch.cat([_unit_rows(c.pb[f"{key('q')}.weight"]), _unit_rows(c.pb[f"{key('k')}.weight"])], 1))
-            maps['q'] = maps['k'] = transport_map(qa, qb, c.solver, c.reg, standardize_points=c.cost == 'acts', timings=c.timings)
+            maps['q'] = maps['k'] = transport_map(qa, qb, c.solver, c.reg, standardize_points=c.cost == 'acts', **c.opts, timings=c.timings)
         return maps
     H, Hb = _heads(c.mods_a[n.path]), _heads(c.mods_b[n.path])
     if H != Hb: raise ValueError(f"per_head alignment needs equal head counts ({H} vs {Hb}) at {n.path}")
@@ -490,8 +499,8 @@ def _attn_maps(c:_Ctx, n:Attn, W):
     Pqk, Pv = torch.zeros(H * da, H * db, dtype=torch.float64), torch.zeros(H * da, H * db, dtype=torch.float64)
     for i in range(H):
         j = int(sigma[i]); ra, rb = slice(i * da, (i + 1) * da), slice(j * db, (j + 1) * db)
-        Pqk[ra, rb] = transport_map(qk['a'][ra], qk['b'][rb], c.solver, c.reg, timings=c.timings).P / H
-        Pv[ra, rb] = transport_map(v['a'][ra], v['b'][rb], c.solver, c.reg, timings=c.timings).P / H
+        Pqk[ra, rb] = transport_map(qk['a'][ra], qk['b'][rb], c.solver, c.reg, **c.opts, timings=c.timings).P / H
+        Pv[ra, rb] = transport_map(v['a'][ra], v['b'][rb], c.solver, c.reg, **c.opts, timings=c.timings).P / H
     return {'q': TransportMap(Pqk, 'per-head'), 'k': TransportMap(Pqk, 'per-head'), 'v': TransportMap(Pv, 'per-head')}
 
 def _attn(c:_Ctx, n:Attn):
@@ -530,7 +539,7 @@ def _mapnode(c:_Ctx, n:Map):
     if c.given is not None or c.cost == 'acts': c.maps[n.name] = c.tmap(n.acts); return
     if not n.wts: raise ValueError(f"the map {n.name!r} at {n.acts!r} declares no weights: it needs cost='acts'")
     cols = lambda P: torch.cat([P[k].reshape(-1, P[k].shape[-1]).T for k in n.wts], 1)   # one point per stream dimension
-    c.maps[n.name] = transport_map(_unit_rows(cols(c.pa)), _unit_rows(cols(c.pb)), c.solver, c.reg, timings=c.timings)
+    c.maps[n.name] = transport_map(_unit_rows(cols(c.pa)), _unit_rows(cols(c.pb)), c.solver, c.reg, **c.opts, timings=c.timings)
 
 # %% ../nbs/22_fusion.ipynb #becd48c9
 def _map_keys(c:_Ctx, graph) -> list:
@@ -550,7 +559,7 @@ def _act_maps(c:_Ctx, graph):
         out = []
         for k in keys:
             t0 = time.perf_counter(); C = c.act_cost(k); t1 = time.perf_counter()
-            out.append((k, plan_map(C, c.solver, c.reg), t1 - t0, time.perf_counter() - t1))
+            out.append((k, plan_map(C, c.solver, c.reg, **c.opts), t1 - t0, time.perf_counter() - t1))
         return out
     t0 = time.perf_counter()
     done = [r for rs in _in_threads([lambda g=g: work(g) for g in _map_keys(c, graph)]) for r in rs]

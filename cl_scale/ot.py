@@ -15,10 +15,10 @@ import ot
 from scipy.optimize import linear_sum_assignment
 
 # %% auto #0
-__all__ = ['SOLVERS', 'LOG_DOMAIN_BELOW', 'EMD_NUM_ITER_MAX', 'SINKHORN_NUM_ITER_MAX', 'COSTS', 'standardize', 'cost_matrix',
-           'cost_from_gram', 'input_gram', 'activation_cost', 'cost_via_inputs', 'OTConvergenceWarning',
-           'marginal_error', 'ot_plan', 'row_map', 'col_map', 'TransportMap', 'plan_map', 'transport_map',
-           'identity_map', 'mix_maps']
+__all__ = ['SOLVERS', 'LOG_DOMAIN_BELOW', 'EMD_NUM_ITER_MAX', 'SINKHORN_NUM_ITER_MAX', 'NEWTON_STEP_SWEEPS', 'NEWTON_WHEN',
+           'COSTS', 'standardize', 'cost_matrix', 'cost_from_gram', 'input_gram', 'activation_cost', 'cost_via_inputs',
+           'OTConvergenceWarning', 'marginal_error', 'ot_plan', 'row_map', 'col_map', 'TransportMap', 'plan_map',
+           'transport_map', 'identity_map', 'mix_maps']
 
 # %% ../nbs/20_ot.ipynb #5e5bdb0d
 def _f64(x, name:str) -> torch.Tensor:
@@ -156,10 +156,12 @@ def cost_via_inputs(gram, wa, wb):
     return cost_from_gram(qa / sa**2, qb / sb**2, inner)
 
 # %% ../nbs/20_ot.ipynb #7d102702
-SOLVERS = ('emd', 'sinkhorn')
-LOG_DOMAIN_BELOW = 0.01        # Sinkhorn uses the log domain for reg below this (see the prose above)
+SOLVERS = ('emd', 'sinkhorn', 'uniform')
+LOG_DOMAIN_BELOW = 0.01        # Sinkhorn sweeps in the log domain for reg below this fraction of the cost's range (see the prose above)
 EMD_NUM_ITER_MAX = 10**7       # POT's default 1e5 stops before optimality at ~2k neurons
-SINKHORN_NUM_ITER_MAX = 20_000
+SINKHORN_NUM_ITER_MAX = 20_000 # Sinkhorn's budget: sweeps plus Newton steps (it rarely needs 100)
+NEWTON_STEP_SWEEPS = 4         # a Newton step costs about this many log-domain sweeps, or max(4, m/6) plain ones (one core)
+NEWTON_WHEN = 5                # the sweeps hand over to Newton when they would need more than this many steps' worth of time
 
 class OTConvergenceWarning(UserWarning):
     "A transport plan missed its marginals (Sinkhorn) or optimality (EMD) within the iteration budget"
@@ -209,32 +211,92 @@ def _flush_denormals():
     try: yield
     finally: torch.set_flush_denormal(before)
 
-def _pot_sinkhorn(a, b, C, reg, method, n_iter, stop):
-    "POT's Sinkhorn; returns the plan, the iterations run, and whether it hit numerical trouble"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        P, log = ot.sinkhorn(a, b, C, reg, method=method, numItermax=n_iter, stopThr=stop, warn=False, log=True)
-    trouble = not bool(torch.isfinite(P).all())
-    for w in caught:
-        if 'numerical errors' in str(w.message): trouble = True
-        else: warnings.warn(w.message, stacklevel=3)
-    return P, int(log.get('niter', n_iter)) + 1, trouble
+def _sweeps(C, a, b, reg, tol, n_iter, log):
+    """Sinkhorn sweeps from g = 0, plain or in the log domain, until the marginal error is at most `tol`, `n_iter` sweeps,
+    or their rate says Newton steps are cheaper. Returns the column potentials g, the plan (rows exact), its marginal
+    error and the sweeps run; the plan is None if a plain sweep under- or overflowed"""
+    n, m = C.shape
+    if log: la, lb, g = a.log(), b.log(), torch.zeros(m, dtype=C.dtype)
+    else: K, v = torch.exp(-C / reg), torch.ones(m, dtype=C.dtype)
+    worth = NEWTON_WHEN * (NEWTON_STEP_SWEEPS if log else max(NEWTON_STEP_SWEEPS, m / 6))   # sweeps that Newton steps cost
+    errs = []
+    for k in range(1, n_iter + 1):
+        if log:                                                   # f: rows exact; h: the column sums' log, up to g
+            f = reg * (la - torch.logsumexp((g - C) / reg, 1))
+            h = torch.logsumexp((f[:, None] - C) / reg, 0)
+            err = (torch.exp(g / reg + h) - b).abs().max().item()
+        else:
+            u = a / (K @ v); Ktu = K.T @ u
+            err = (v * Ktu - b).abs().max().item()
+            if not (math.isfinite(err) and torch.isfinite(u).all() and (Ktu > 0).all()): return None, None, math.inf, k
+        errs.append(err)
+        done = err <= tol or k == n_iter
+        if not done and k > 10 and k % 10 == 1:                   # the rate over the last 10 sweeps, and what it predicts
+            rate = (err / errs[-11]) ** 0.1 if errs[-11] > 0 else 0.0
+            done = rate >= 1 or math.log(err / tol) > -math.log(rate) * worth
+        if done:
+            if log: return g, torch.exp((f[:, None] + g - C) / reg), err, k
+            return reg * v.log(), u[:, None] * K * v, err, k
+        if log: g = reg * (lb - h)
+        else: v = b / Ktu
+
+def _semidual(C, a, b, reg, g):
+    "The semi-dual objective at the column potentials `g` (to maximise), with the scaled costs and row log-sum-exps it used"
+    Z = (g - C) / reg
+    lse = torch.logsumexp(Z, 1)
+    return Z, lse, (g @ b - reg * (a @ lse)).item()
+
+def _newton(C, a, b, reg, g, tol, n_iter):
+    "Damped Newton ascent on the semi-dual from the column potentials `g`; returns the plan, the steps, and whether it stalled"
+    m = C.shape[1]
+    la, eye = a.log()[:, None], torch.eye(m, dtype=C.dtype)
+    ones = torch.full((m, m), 1.0 / m**2, dtype=C.dtype)          # removes the Hessian's null direction, g + const
+    floor = 100 * torch.finfo(C.dtype).eps * b.max().item()       # marginal errors below this are rounding
+    Z, lse, F = _semidual(C, a, b, reg, g)
+    for k in range(n_iter + 1):
+        P = torch.exp(Z - lse[:, None] + la)                       # rows carry a exactly
+        r = b - P.sum(0); err = r.abs().max().item()
+        if err <= max(tol, floor) or k == n_iter: return P, k, tol < err <= floor
+        H = torch.diag(P.sum(0)) - P.T @ (P / a[:, None]) + ones   # reg × minus the Hessian of the semi-dual
+        damp = 0.1 * err                                           # the damping δ, that vanishes as the marginals are met
+        for _ in range(12):
+            L, info = torch.linalg.cholesky_ex(H + damp * eye)
+            if not info:
+                d = reg * torch.cholesky_solve(r[:, None], L)[:, 0]
+                slope, t = (r @ d).item(), 1.0
+                for _ in range(10):                                # backtracking (Armijo) on the concave semi-dual
+                    Zn, lsen, Fn = _semidual(C, a, b, reg, g + t * d)
+                    if Fn >= F + 1e-4 * t * slope: break
+                    if slope < 1e-12 * max(1.0, abs(F)) and (b - torch.exp(Zn - lsen[:, None] + la).sum(0)).abs().max().item() < err:
+                        break                                      # F is flat to rounding here: judge by the marginals
+                    t /= 2
+                else: t = 0.0
+                if t > 0: break
+            damp = max(100 * damp, 1e-14)
+        else: return P, k, True                                    # no ascent direction left: stalled
+        g, Z, lse, F = g + t * d, Zn, lsen, Fn
 
 def _sinkhorn(a, b, C, reg, n_iter, tol):
-    "Sinkhorn on the support of a and b; returns the plan, the method used and the iterations run"
+    """Sinkhorn on the support of a and b, finished by Newton when the sweeps converge slowly; returns the plan, the
+    method used, the iterations run (sweeps and Newton steps) and whether Newton stalled at the rounding limit"""
     ra, rb = a > 0, b > 0
     sa, sb, sC = a[ra], b[rb], C[ra][:, rb]
-    method = 'sinkhorn_log' if reg < LOG_DOMAIN_BELOW else 'sinkhorn'
-    # POT stops when the 2-norm of the column-sum error is below `tol`; that bounds its max-norm, and the row sums
-    # are exact after POT's last (row) update, so the plan meets `tol` whenever POT stops before `n_iter`
+    flip = sC.shape[1] > sC.shape[0]                               # Newton's matrix is over the smaller side
+    if flip: sa, sb, sC = sb, sa, sC.T
+    sC = (sC - sC.min()).contiguous()                              # a constant shift leaves the plan unchanged
+    log = reg < LOG_DOMAIN_BELOW * sC.max().item()
     with _flush_denormals():
-        Ps, its, trouble = _pot_sinkhorn(sa, sb, sC, reg, method, n_iter, tol)
-        if trouble and method == 'sinkhorn':
-            method = 'sinkhorn_log'
-            Ps, its, _ = _pot_sinkhorn(sa, sb, sC, reg, method, n_iter, tol)
+        g, Ps, err, its = _sweeps(sC, sa, sb, reg, tol, n_iter, log)
+        if Ps is None:                                             # the plain kernel under- or overflowed: logs
+            log = True
+            g, Ps, err, k = _sweeps(sC, sa, sb, reg, tol, max(1, n_iter - its), True); its += k
+        method, stalled = 'log domain' if log else 'plain', False
+        if err > tol and its < n_iter:
+            Ps, k, stalled = _newton(sC, sa, sb, reg, g, tol, n_iter - its)
+            its += k; method += ' + Newton'
     P = torch.zeros_like(C)
-    P[ra[:, None] & rb[None, :]] = Ps.reshape(-1)
-    return P, method, its
+    P[ra[:, None] & rb[None, :]] = (Ps.T if flip else Ps).reshape(-1)
+    return P, method, its, stalled
 
 def _uniform_square(a, b) -> bool:
     "Whether the masses a and b are equal-length and uniform (to rounding): the EMD is then an assignment problem"
@@ -243,7 +305,7 @@ def _uniform_square(a, b) -> bool:
 
 def ot_plan(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None,
             num_iter_max:int=None, tol:float=1e-7) -> torch.Tensor:
-    "The optimal transport plan (n_A, n_B) for cost `C` between masses `a` and `b` (uniform by default), exact or entropic"
+    "The optimal transport plan (n_A, n_B) for cost `C` between masses `a` and `b` (uniform by default): exact, entropic, or the uniform limit"
     if solver not in SOLVERS: raise ValueError(f"unknown solver {solver!r}: expected one of {SOLVERS}")
     if solver == 'sinkhorn' and not _is_pos(reg):
         raise ValueError(f"reg must be a positive finite number for solver='sinkhorn', got {reg!r}")
@@ -255,8 +317,10 @@ def ot_plan(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None,
     if C.numel() == 0: raise ValueError(f"C must have at least one row and one column, got shape {tuple(C.shape)}")
     _check_finite(C, 'C')
     a, b = _masses(a, C.shape[0], 'a'), _masses(b, C.shape[1], 'b')
-    problems = []
-    if solver == 'emd' and num_iter_max is None and _uniform_square(a, b):
+    problems, stalled = [], False
+    if solver == 'uniform':
+        P, name = a[:, None] * b[None, :], 'uniform plan'              # Sinkhorn's λ → ∞ limit: the cost plays no part
+    elif solver == 'emd' and num_iter_max is None and _uniform_square(a, b):
         rows, cols = linear_sum_assignment(C.numpy())                # an exact plan: 1/n times a permutation
         P = torch.zeros_like(C)
         P[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0 / len(a)
@@ -273,7 +337,7 @@ def ot_plan(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None,
             problems.append(f"stopped before optimality ({log['warning']}) with num_iter_max={n_iter}")
     else:
         n_iter = int(num_iter_max or SINKHORN_NUM_ITER_MAX)
-        P, method, its = _sinkhorn(a, b, C, reg, n_iter, tol)
+        P, method, its, stalled = _sinkhorn(a, b, C, reg, n_iter, tol)
         name = f"Sinkhorn ({method}, reg={reg:g})"
     if not torch.isfinite(P).all():
         raise ValueError(f"{name} returned a plan with NaN or infinite entries; "
@@ -283,7 +347,11 @@ def ot_plan(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None,
         done = f" after {its} of num_iter_max={n_iter} iterations" if solver == 'sinkhorn' else ''
         problems.append(f"missed the marginals{done}: marginal error {err:.2e} > tol={tol:g}")
     if problems:
-        fix = 'raise num_iter_max' + (' or reg, or loosen tol if this error is harmless (the maps are re-normalised)' if solver == 'sinkhorn' else '')
+        if stalled: fix = f"loosen tol: {tol:g} is below the rounding error of float64 sums of these masses"
+        elif solver == 'sinkhorn':
+            fix = ("raise num_iter_max or reg, or loosen tol if this error is harmless (the maps are re-normalised); "
+                   "all three are options of ot_plan, transport_map, and fuse/align")
+        else: fix = 'raise num_iter_max'
         warnings.warn(f"{name} {'; '.join(problems)}. To fix: {fix}.", OTConvergenceWarning, stacklevel=2)
     return P
 
@@ -303,7 +371,7 @@ def col_map(P) -> torch.Tensor:
 class TransportMap:
     "A transport plan P (n_A, n_B) between the neurons of A and B, with the maps that align A's weights to B"
     P: torch.Tensor       # the plan, float64; rows carry A's masses, columns B's
-    solver: str           # 'emd', 'sinkhorn', 'identity', 'mixed', or a caller's own label
+    solver: str           # 'emd', 'sinkhorn', 'uniform', 'identity', 'mixed', or a caller's own label
     reg: float = None     # Sinkhorn's λ (None for exact or derived maps)
 
     def __post_init__(self): self.P = _plan(self.P)

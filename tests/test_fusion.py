@@ -133,3 +133,44 @@ def test_threads_do_not_change_the_result():
             assert torch.get_num_threads() == t and sorted(tm) == ['activations', 'costs', 'solves', 'weights']
     finally: torch.set_num_threads(before)
     for k, v in out[1].items(): assert torch.equal(out[2][k], v), k
+
+@pytest.mark.parametrize('opts', [dict(), dict(cost='wts'), dict(qk='tied'), dict(per_head=True), dict(qk='tied', cost='wts')])
+@pytest.mark.parametrize('bert', [False, True])
+def test_solver_limits_reach_every_plan(monkeypatch, opts, bert):
+    "num_iter_max and tol reach every plan the fusion builds: activation maps, weight maps, tied Q/K, per-head maps, Map nodes"
+    import cl_scale.fusion as F
+    calls = []
+    def spy(fn):
+        def wrapped(*args, **kw):
+            calls.append((fn.__name__, kw.get('num_iter_max'), kw.get('tol')))
+            return fn(*args, **kw)
+        return wrapped
+    monkeypatch.setattr(F, 'plan_map', spy(F.plan_map)); monkeypatch.setattr(F, 'transport_map', spy(F.transport_map))
+    torch.manual_seed(0)
+    if bert:
+        mk = lambda: BERT(vocab_size=30, max_len=8, d=16, depth=1, heads=2, mlp=24).double()
+        x = torch.randint(1, 30, (12, 8))
+    else:
+        mk = lambda: ViT(d=16, depth=1, heads=2, mlp=24).double()
+        x = torch.randn(12, 1, 8, 8, dtype=torch.float64)
+    fuse([mk(), mk()], anchor=1, calib_data=x, solver='sinkhorn', reg=0.1, num_iter_max=777, tol=1e-6, **opts)
+    assert calls and all(c[1:] == (777, 1e-6) for c in calls), calls
+    if opts.get('qk') == 'tied' or opts.get('per_head'): assert any(c[0] == 'transport_map' for c in calls)
+
+def test_uniform_fusion_averages_with_the_mean_neuron():
+    """solver='uniform': every map is 1/(n_A n_B); a fused weight whose outputs are aligned is ½ W_B + ½ (mean over A's
+    output neurons of W_A R), R the uniform row map of its input; Sinkhorn at a huge λ gives nearly the same model"""
+    torch.manual_seed(1)
+    a, b = ViT(d=16, depth=2, heads=4, mlp=32).double(), ViT(d=16, depth=2, heads=4, mlp=32).double()
+    x = torch.randn(20, 1, 8, 8, dtype=torch.float64)
+    f = fuse([a, b], anchor=1, calib_data=x, solver='uniform')
+    _, maps = align(a, b, x, solver='uniform', return_maps=True)
+    assert all(torch.allclose(m.P, torch.full_like(m.P, 1 / m.P.numel()), rtol=1e-12) for m in maps.values())
+    sa, sb, sf = a.state_dict(), b.state_dict(), f.state_dict()
+    R16, R32 = torch.full((16, 16), 1 / 16, dtype=torch.float64), torch.full((32, 32), 1 / 32, dtype=torch.float64)
+    for k, R in (('blocks.0.fc1', R16), ('blocks.1.fc2', R32), ('blocks.1.attn.v', R16), ('blocks.0.attn.o', R16)):
+        W = sa[f"{k}.weight"] @ R
+        torch.testing.assert_close(sf[f"{k}.weight"], 0.5 * sb[f"{k}.weight"] + 0.5 * W.mean(0, keepdim=True).expand_as(W), rtol=0, atol=1e-12)
+        torch.testing.assert_close(sf[f"{k}.bias"], 0.5 * sb[f"{k}.bias"] + 0.5 * sa[f"{k}.bias"].mean(), rtol=0, atol=1e-12)
+    g = fuse([a, b], anchor=1, calib_data=x, solver='sinkhorn', reg=1e5)
+    assert max((g.state_dict()[k] - v).abs().max().item() for k, v in sf.items()) < 1e-4

@@ -2,15 +2,18 @@
 
 hypothesis draws sizes, point clouds, masses and regularisations, so the guarantees stated in `nbs/20_ot.ipynb`
 (non-negative plans with the right marginals, EMD never costlier than Sinkhorn, a warning exactly when `tol` is
-missed, exact symmetric costs, matrix-product distances that match exact differences, normalised maps) are checked far from the few examples the notebook shows."""
-import math, warnings
+missed, exact symmetric costs, matrix-product distances that match exact differences, normalised maps) are checked far from the few examples the notebook shows.
+The Sinkhorn solver (sweeps, then Newton when they converge slowly) is checked against POT's Sinkhorn run to
+convergence, on the near-permutation and small-λ costs that made the sweeps slow, and the uniform plan against
+Sinkhorn's large-λ limit."""
+import math, time, warnings
 import numpy as np
 import pytest
-import torch
+import torch, ot
 from hypothesis import given, settings, assume, strategies as st
 import cl_scale.ot as clot
 from cl_scale.ot import *
-from cl_scale.ot import _denormals_flushed
+from cl_scale.ot import _denormals_flushed, _sinkhorn
 
 f64 = torch.float64
 
@@ -194,11 +197,15 @@ def _gaussian_cost(n=64, d=64, seed=0):
     return cost_matrix(torch.randn(n, d, generator=g, dtype=f64), torch.randn(n, d, generator=g, dtype=f64))
 
 def test_plain_sinkhorn_falls_back_to_the_log_domain(monkeypatch):
-    "If the plain solver reports numerical errors (here forced by moving the threshold), the solve is redone in logs"
+    "If a plain sweep under- or overflows (here forced by moving the threshold: whole kernel rows underflow), the solve is redone in logs"
     C = _gaussian_cost()
     monkeypatch.setattr(clot, 'LOG_DOMAIN_BELOW', 1e-6)
-    P, warned = _solve(C, 'sinkhorn', reg=0.001, num_iter_max=1000)
-    assert torch.isfinite(P).all() and 64 * marginal_error(P) < 0.01 and warned
+    u = torch.full((64,), 1 / 64, dtype=f64)
+    assert not torch.exp(-(C - C.min()) / 1e-4).sum(1).min() > 0                  # the plain kernel has an empty row
+    P, method, its, stalled = _sinkhorn(u, u, C, 1e-4, 1000, 1e-7)
+    assert method.startswith('log domain') and not stalled
+    P, warned = _solve(C, 'sinkhorn', reg=1e-4, num_iter_max=1000)
+    assert torch.isfinite(P).all() and marginal_error(P) <= 1e-7 and not warned
 
 @pytest.mark.parametrize('before', [False, True])
 def test_denormal_flag_is_restored(before):
@@ -210,30 +217,32 @@ def test_denormal_flag_is_restored(before):
         assert _denormals_flushed() == before
     finally: torch.set_flush_denormal(False)
 
-@pytest.mark.parametrize('solver', SOLVERS)
+@pytest.mark.parametrize('solver', ['emd', 'sinkhorn'])
 def test_a_non_finite_plan_is_never_returned(monkeypatch, solver):
-    nan = lambda a, b, M, *args, **kw: (torch.full(M.shape, float('nan'), dtype=f64), {'niter': 1, 'result_code': 1, 'warning': None})
-    monkeypatch.setattr(clot.ot, 'emd' if solver == 'emd' else 'sinkhorn', nan)
+    if solver == 'emd':
+        nan = lambda a, b, M, *args, **kw: (torch.full(M.shape, float('nan'), dtype=f64), {'niter': 1, 'result_code': 1, 'warning': None})
+        monkeypatch.setattr(clot.ot, 'emd', nan)
+    else: monkeypatch.setattr(clot, '_sinkhorn', lambda a, b, C, *args: (torch.full(C.shape, float('nan'), dtype=f64), 'plain', 1, False))
     with pytest.raises(ValueError, match='NaN or infinite'):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             ot_plan(_gaussian_cost(8, 3), solver, reg=0.05, num_iter_max=10**5)   # a budget: POT's solver, even when square
 
 def test_non_convergence_warns():
-    with pytest.warns(OTConvergenceWarning, match=r'Sinkhorn \(sinkhorn_log, reg=0.001\).*marginal error.*raise num_iter_max or reg'):
+    with pytest.warns(OTConvergenceWarning, match=r'Sinkhorn \(log domain, reg=0.001\).*marginal error.*raise num_iter_max or reg.*fuse'):
         ot_plan(_gaussian_cost(32, 8), 'sinkhorn', reg=0.001, num_iter_max=2)
     with pytest.warns(OTConvergenceWarning, match=r'EMD stopped before optimality.*raise num_iter_max'):
         ot_plan(_gaussian_cost(32, 8), 'emd', num_iter_max=5)
 
 def test_other_pot_warnings_pass_through(monkeypatch):
-    "Warnings that are not about convergence are not swallowed"
-    real = clot.ot.sinkhorn
+    "Warnings of POT's network simplex that are not about convergence are not swallowed"
+    real = clot.ot.emd
     def noisy(*args, **kw):
         warnings.warn('something else', DeprecationWarning)
         return real(*args, **kw)
-    monkeypatch.setattr(clot.ot, 'sinkhorn', noisy)
+    monkeypatch.setattr(clot.ot, 'emd', noisy)
     with pytest.warns(DeprecationWarning, match='something else'):
-        ot_plan(_gaussian_cost(8, 3), 'sinkhorn', reg=0.1)
+        ot_plan(_gaussian_cost(8, 3), 'emd', num_iter_max=10**5)      # a budget: POT's network simplex
 
 def test_inputs_of_other_types():
     "numpy arrays, nested lists and float32 tensors are accepted; results are float64"
@@ -247,6 +256,8 @@ def test_inputs_of_other_types():
     (lambda C: ot_plan(C, 'sinkhorn', reg=0), 'reg must be a positive'),
     (lambda C: ot_plan(C, 'sinkhorn', reg=True), 'reg must be a positive'),
     (lambda C: ot_plan(C, 'sinkhorn', reg=float('inf')), 'reg must be a positive'),
+    (lambda C: ot_plan(C, 'uniform', tol=0), 'tol must be a positive'),
+    (lambda C: ot_plan(C[:, :0], 'uniform'), 'at least one row and one column'),
     (lambda C: ot_plan(C, a=torch.full((4,), 0.3)), 'a must sum to 1'),
     (lambda C: ot_plan(C, b=[0.5, 0.5]), 'b must be a 1-D vector of 5 masses'),
     (lambda C: ot_plan(C, a=[1.0, 0.0, 0.5, -0.5]), 'a has negative masses'),
@@ -277,3 +288,94 @@ def test_square_uniform_emd_is_the_network_simplex_optimum(n, d, seed, ties):
     assert (P * C).sum().item() == pytest.approx((Q * C).sum().item(), abs=1e-12)
     if not ties and d > 1: assert torch.equal(P, Q)         # a unique optimum (almost surely; in 1-D |x - y| ties often)
     assert torch.equal(ot_plan(C, a=torch.full((n,), 1 / n, dtype=f64)), P)   # uniform masses given explicitly: the same
+
+# --- Sinkhorn: sweeps and the Newton finish, against POT run to convergence ---
+
+U = lambda n: torch.full((n,), 1 / n, dtype=f64)
+
+def _pot_converged(C, a, b, reg):
+    "POT's log-domain Sinkhorn run to a marginal error below 1e-12, or None if it does not get there in 20 000 iterations"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        R = ot.sinkhorn(a, b, C, reg, method='sinkhorn_log', numItermax=20_000, stopThr=1e-13)
+    return R if marginal_error(R, a, b) < 1e-12 else None
+
+@st.composite
+def structured_costs(draw):
+    "A cost between unrelated clouds, or a permuted (noisy) copy, which has (near-)zeros on a permutation"
+    n, m, d = draw(st.integers(1, 12)), draw(st.integers(1, 12)), draw(st.integers(1, 16))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    xa = torch.randn(n, d, generator=g, dtype=f64)
+    if draw(st.booleans()):
+        noise = draw(st.sampled_from([0.0, 0.05, 0.3]))
+        return cost_matrix(xa, xa[torch.randperm(n, generator=g)] + noise * torch.randn(n, d, generator=g, dtype=f64))
+    return cost_matrix(xa, torch.randn(m, d, generator=g, dtype=f64))
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), C=structured_costs(), reg=st.sampled_from([0.005, 0.02, 0.08, 0.3]),
+       tol=st.sampled_from([1e-7, 1e-10]))
+def test_sinkhorn_matches_pots_converged_plan(data, C, reg, tol):
+    "The plan meets `tol` (no warning) and, where POT's Sinkhorn converges, equals its plan to 1e-6 in max-abs"
+    a = data.draw(masses(C.shape[0], zeros=False)) if data.draw(st.booleans()) else U(C.shape[0])
+    b = data.draw(masses(C.shape[1], zeros=False)) if data.draw(st.booleans()) else U(C.shape[1])
+    P, warned = _solve(C, 'sinkhorn', reg=reg, a=a, b=b, tol=tol)
+    assert not warned and marginal_error(P, a, b) <= tol and (P >= 0).all()
+    R = _pot_converged(C, a, b, reg)
+    if R is not None: assert (P - R).abs().max().item() <= 1e-6
+
+@pytest.mark.parametrize('reg', [0.005, 0.02, 0.04, 0.08, 0.3])
+@pytest.mark.parametrize('kind', ['permuted copy', 'unrelated'])
+def test_the_slow_cases_take_few_iterations(kind, reg):
+    """128 neurons, as in a fusion: a shuffled noisy copy (a near-permutation plan: σ₂ ≈ 1 at moderate λ) or unrelated
+    neurons (weakly coupled blocks at small λ). Sweeps plus Newton stay under 100 iterations; POT's Sinkhorn needs far
+    more where the rate is bad (checked at λ = 0.04 on the copy)"""
+    g = torch.Generator().manual_seed(1)
+    xa = standardize(torch.randn(128, 300, generator=g, dtype=f64))
+    xb = (standardize(xa[torch.randperm(128, generator=g)] + 0.5 * torch.randn(128, 300, generator=g, dtype=f64))
+          if kind == 'permuted copy' else standardize(torch.randn(128, 300, generator=g, dtype=f64)))
+    C = cost_matrix(xa, xb)
+    P, method, its, stalled = _sinkhorn(U(128), U(128), C, reg, SINKHORN_NUM_ITER_MAX, 1e-7)
+    assert its < 100 and not stalled and marginal_error(P) <= 1e-7
+    if kind == 'permuted copy' and reg == 0.04:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            _, log = ot.sinkhorn(U(128), U(128), C, reg, numItermax=20_000, stopThr=1e-7, log=True)
+        assert log['niter'] > 10 * its, (log['niter'], its)
+
+def test_newton_stops_at_the_rounding_floor():
+    "A tol below float64's rounding of the masses cannot be met: Newton stops there and the warning says to loosen tol"
+    C = _gaussian_cost(32, 8)
+    with pytest.warns(OTConvergenceWarning, match='loosen tol'):
+        P = ot_plan(C, 'sinkhorn', reg=0.02, tol=1e-20)
+    assert marginal_error(P) < 1e-15
+    P, method, its, stalled = _sinkhorn(U(32), U(32), C, 0.02, SINKHORN_NUM_ITER_MAX, 1e-20)
+    assert stalled and method.endswith('+ Newton') and its < 100
+
+@settings(max_examples=30, deadline=None)
+@given(n_iter=st.integers(1, 30), reg=st.sampled_from([0.001, 0.005, 0.05]))
+def test_the_budget_counts_sweeps_and_newton_steps(n_iter, reg):
+    "num_iter_max bounds sweeps plus Newton steps; a plan that misses tol within it warns with the count"
+    C = _gaussian_cost(24, 6, seed=3)
+    P, method, its, _ = _sinkhorn(U(24), U(24), C, reg, n_iter, 1e-7)
+    assert its <= n_iter
+    P, warned = _solve(C, 'sinkhorn', reg=reg, num_iter_max=n_iter)
+    assert warned == (marginal_error(P) > 1e-7)
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), reg=st.sampled_from([10.0, 100.0, 1000.0]))
+def test_sinkhorn_tends_to_the_uniform_plan(data, reg):
+    "P_λ / (a bᵀ) − 1 is about minus the doubly centred cost over λ (at most 2 on a cost in [0, 1]): within 3/λ"
+    xa, xb = data.draw(clouds())
+    a = data.draw(masses(len(xa), zeros=False)); b = data.draw(masses(len(xb), zeros=False))
+    C = cost_matrix(xa, xb)
+    Uab, _ = _solve(C, 'uniform', a=a, b=b)
+    assert torch.allclose(Uab, a[:, None] * b[None], rtol=1e-14, atol=0) and marginal_error(Uab, a, b) < 1e-15
+    P, warned = _solve(C, 'sinkhorn', reg=reg, a=a, b=b)
+    assert not warned and (P / Uab - 1).abs().max().item() <= 3 / reg
+
+def test_uniform_plan_maps():
+    "The uniform map spreads every neuron evenly: rows 1/n_B, columns 1/n_A, sharpness 1/n_B, labelled 'uniform'"
+    tm = transport_map(torch.randn(6, 3), torch.randn(4, 3), 'uniform', reg=None)
+    assert tm.solver == 'uniform' and tm.reg is None and repr(tm) == 'TransportMap(uniform, 6×4)'
+    assert torch.equal(tm.rows, torch.full((6, 4), 0.25, dtype=f64)) and torch.allclose(tm.cols, torch.full((6, 4), 1 / 6, dtype=f64))
+    assert tm.sharpness == pytest.approx(0.25) and not tm.is_permutation()
