@@ -21,12 +21,13 @@ from .claims import Claim
 from .cl_experiments import CLSuite, EXPERIMENTS, run_suite, select_lrs, lr_claims, plot_lr, runs_table, summary
 import pandas as pd
 from .dmft_experiments import DMFTSuite, EXPERIMENTS as DMFT_EXPERIMENTS, TITLES as DMFT_TITLES
+from .data import dataset_available, data_root
 from .fusion_experiments import FusionSuite, run_fusion, fusion_claims_from, TITLE as FUSION_TITLE
 
 # %% auto #0
 __all__ = ['PARTS', 'CLAIMS', 'GROUPS', 'ReproConfig', 'PartResult', 'read_table', 'coord_check_claims', 'part_coord_check',
-           'part_cl_lr', 'part_fusion', 'part_names', 'claims_for', 'verdict_counts', 'md_report', 'html_report',
-           'load_part', 'write_reports', 'run_reproduce', 'connect', 'reproduce']
+           'part_cl_lr', 'part_fusion', 'part_fusion_cifar', 'part_names', 'claims_for', 'verdict_counts', 'md_report',
+           'html_report', 'load_part', 'write_reports', 'run_reproduce', 'connect', 'reproduce']
 
 # %% ../nbs/30_cli.ipynb #7af9d567
 @dataclass
@@ -200,19 +201,35 @@ def _dmft_claims(name:str):
 
 # %% ../nbs/30_cli.ipynb #7fd8f665
 def part_fusion(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
-    "Run the fusion experiment of `24_fusion_experiments` at the sizes of `cfg.fusion`; tables and figure"
+    "Run the fusion experiment of `24_fusion_experiments` at the sizes of `cfg.fusion`; tables and figures"
     r = run_fusion(cfg.fusion, out, executor=executor, workers=cfg.workers, progress=progress)
     return PartResult('fusion', FUSION_TITLE, figures=r['figures'], tables=r['tables'], notes=r['notes'])
+
+def part_fusion_cifar(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
+    "The same fusion experiment on torchvision's CIFAR-10 (`FusionSuite.cifar`) when its files are on disk; skipped otherwise"
+    suite, title = cfg.fusion.cifar(), FUSION_TITLE + ' (CIFAR-10)'
+    if not dataset_available('cifar10', suite.data_root):
+        return PartResult('fusion_cifar', title, skipped=True,
+                          notes=(f"Skipped: torchvision's CIFAR-10 was not found under {data_root(suite.data_root)!r} "
+                                 f"(cl_scale never downloads; put the files there or set $CL_SCALE_DATA)."))
+    r = run_fusion(suite, out/'fusion_cifar', executor=executor, workers=cfg.workers, progress=progress)
+    return PartResult('fusion_cifar', title, figures=[f'fusion_cifar/{f}' for f in r['figures']],
+                      tables=[f'fusion_cifar/{t}' for t in r['tables']], notes=r['notes'])
+
+def _fusion_cifar_claims(out:Path) -> list:
+    d = Path(out)/'fusion_cifar'
+    return fusion_claims_from(d) if (d/'fusion_oneshot.csv').exists() else []
 
 # %% ../nbs/30_cli.ipynb #5c90fc18
 def _coord_check_part_claims(out:Path) -> list: return coord_check_claims(_read_records(Path(out)/'coord_check.csv'))
 
 PARTS = {'coord_check': part_coord_check, 'cl_lr': part_cl_lr, **{f'cl_{k}': _cl_part(k) for k in EXPERIMENTS},
-         **{f'dmft_{k}': _dmft_part(k) for k in DMFT_EXPERIMENTS}, 'fusion': part_fusion}
+         **{f'dmft_{k}': _dmft_part(k) for k in DMFT_EXPERIMENTS}, 'fusion': part_fusion, 'fusion_cifar': part_fusion_cifar}
 CLAIMS = {'coord_check': _coord_check_part_claims, 'cl_lr': _cl_lr_claims, **{f'cl_{k}': _cl_claims(k) for k in EXPERIMENTS},
-          **{f'dmft_{k}': _dmft_claims(k) for k in DMFT_EXPERIMENTS}, 'fusion': fusion_claims_from}
+          **{f'dmft_{k}': _dmft_claims(k) for k in DMFT_EXPERIMENTS}, 'fusion': fusion_claims_from,
+          'fusion_cifar': _fusion_cifar_claims}
 GROUPS = dict(cl=['coord_check', 'cl_lr'] + [f'cl_{k}' for k in EXPERIMENTS], dmft=[f'dmft_{k}' for k in DMFT_EXPERIMENTS],
-              fusion=['fusion'])
+              fusion=['fusion', 'fusion_cifar'])
 
 def part_names(only=None) -> list:
     "The parts named by `only` (part or group names, a list or a comma-separated string; default all), in the order of `PARTS`"
