@@ -244,10 +244,6 @@ def plan_stats(tm:TransportMap) -> dict:
     return dict(shape=list(tm.shape), solver=tm.solver, reg=tm.reg, entropy=plan_entropy(tm), top_mass=tm.sharpness,
                 permutation=tm.is_permutation())
 
-def _diagnostics():
-    "The per-layer diagnostics of `23a_alignment`"
-    return layer_diagnostics
-
 def _jsonable(v):
     if isinstance(v, (np.generic,)): v = v.item()
     if torch.is_tensor(v): v = v.item() if v.numel() == 1 else v.tolist()
@@ -264,32 +260,21 @@ def map_layers(anchor) -> dict:
         elif isinstance(n, Map): out.setdefault(n.name, n.acts)
     return {k: None if k in merged else v for k, v in out.items()}
 
-def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
 def layer_records(model, anchor, calib, maps:dict, index:int=None, config:FusionConfig=None, diagnostics:bool=True) -> tuple:
-    "(records, other_layers, note): `plan_stats` of every map of `align(..., return_maps=True)`, joined by layer with `layer_diagnostics`' columns when that exists"
+    "(records, other_layers, note): `plan_stats` of every map of `align(..., return_maps=True)`, with `layer_diagnostics`' columns joined by layer"
     where = map_layers(anchor)
     recs = [dict(model=index, key=k, layer=where.get(k), **plan_stats(m)) for k, m in maps.items()]
-    fn = _diagnostics() if diagnostics else None
-    if fn is None:
-        return recs, [], ('diagnostics not asked for' if not diagnostics else
-                          'cl_scale.alignment.layer_diagnostics is not available: plan statistics only')
+    if not diagnostics: return recs, [], 'diagnostics not asked for'
     by_layer = {r['layer']: r for r in recs if r['layer']}
-    kw = {'config': config} if config is not None and 'config' in inspect.signature(fn).parameters else {}
-    df = fn(model, anchor, calib, {l: maps[r['key']] for l, r in by_layer.items()}, **kw)
+    df = layer_diagnostics(model, anchor, calib, {l: maps[r['key']] for l, r in by_layer.items()}, config=config)
     others = []
     for row in df.to_dict('records'):
-        name = row.get('layer', row.get('key'))
-        rec = by_layer.get(name) or next((r for r in recs if r['key'] == name), None)
-        cols = {c: _jsonable(v) for c, v in row.items() if c not in ('index', 'layer', 'key')}
-        if rec is None: others.append(dict(model=index, layer=name, **cols)); continue
-        for c, v in cols.items():                 # our columns keep their names; a different value under the same name is diag_
-            if c not in rec: rec[c] = v
-            elif not _same(rec[c], v): rec['diag_' + c] = v
-    return recs, others, 'columns of cl_scale.alignment.layer_diagnostics joined by layer (a different value under one of our names: diag_NAME)'
+        cols = {c: _jsonable(v) for c, v in row.items() if c not in ('index', 'layer')}
+        rec = by_layer.get(row['layer'])
+        if rec is None: others.append(dict(model=index, layer=row['layer'], **cols))    # Q, K and layers merged into the stream
+        else: rec.update({c: v for c, v in cols.items() if c not in rec})             # the plan statistics are the same numbers
+    return recs, others, 'columns of cl_scale.alignment.layer_diagnostics joined by layer'
+
 
 # %% ../nbs/32_fuse_cli.ipynb #ee116c48
 def parse_weights(weights, n:int) -> list:
