@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from .options import sized
+from scipy.stats import t as student_t
 from .claims import Claim, K_SE, difference, paired
 from .data import load_dataset, stratified_subset
 from .models import ViT
@@ -25,7 +26,7 @@ from .alignment import layer_diagnostics, plot_alignment
 
 # %% auto #0
 __all__ = ['METHODS', 'FUSION_CHANCE', 'TITLE', 'TABLES', 'FusionSuite', 'fusion_splits', 'random_shift', 'lr_factor',
-           'train_classifier', 'accuracy', 'ensemble_accuracy', 'train_models', 'oneshot_grid', 'choose',
+           'train_classifier', 'accuracy', 'ensemble_accuracy', 'train_models', 'oneshot_grid', 'choose', 'k_pairs',
            'paired_claim', 'fusion_claims', 'survives_uniform', 'oneshot_table', 'budget_table', 'plot_fusion',
            'plot_curves', 'fusion_claims_from', 'run_fusion']
 
@@ -238,17 +239,23 @@ def choose(one:pd.DataFrame, method:str) -> pd.DataFrame:
 # %% ../nbs/24_fusion_experiments.ipynb #af7f03db
 def _near_chance(*vals) -> bool: return max(vals) < FUSION_CHANCE + 0.05
 
+def k_pairs(n:int, k:float=K_SE) -> float:
+    "The threshold in standard errors for a paired difference over `n` pairs: Student's t at two-sided 5 % (n − 1 degrees of freedom), at least k"
+    return max(k, float(student_t.ppf(0.975, n - 1))) if n >= 2 else math.nan
+
 def paired_claim(statement:str, a, b, names=('A', 'B'), k:float=K_SE) -> Claim:
-    "Claim 'A beats B' judged on the paired per-pair accuracies `a`, `b` (same pairs): mean difference beyond k SEs"
+    "Claim 'A beats B' judged on the paired per-pair accuracies `a`, `b` (same pairs): mean difference beyond `k_pairs` SEs"
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or not len(a): raise ValueError(f"a and b must be non-empty and paired, got {a.shape} and {b.shape}")
     Y = np.stack([b, a])
     d, se = paired(Y, 0, 1)
     n = int((np.isfinite(a) & np.isfinite(b)).sum())
-    verdict = 'inconclusive' if _near_chance(np.nanmean(a), np.nanmean(b)) else difference(0.0, 0.0, d, se if n >= 2 else math.nan, k=k)
-    crit = (f"paired difference of test accuracy over the pairs: agrees when the mean exceeds {k:g} standard errors, "
-            f"disagrees when below −{k:g} SE, else inconclusive (always with one pair); inconclusive when both are under "
-            f"chance + 5 points ({100 * (FUSION_CHANCE + 0.05):.0f}%)")
+    kn = k_pairs(n, k)
+    verdict = 'inconclusive' if _near_chance(np.nanmean(a), np.nanmean(b)) or n < 2 else difference(0.0, 0.0, d, se, k=kn)
+    crit = (f"paired difference of test accuracy over the pairs: agrees when the mean exceeds k standard errors, disagrees "
+            f"when below −k SE (k = max({k:g}, Student's t at 97.5 % with pairs − 1 degrees of freedom)" + (f" = {kn:.2f}" if n >= 2 else '')
+            + f"), else inconclusive (always with one pair); inconclusive when both are under chance + 5 points "
+            f"({100 * (FUSION_CHANCE + 0.05):.0f}%)")
     pct = lambda v: f"{100 * v:.1f}%"
     return Claim(statement, crit, f"{names[0]} {pct(np.nanmean(a))} vs {names[1]} {pct(np.nanmean(b))} (test, {n} pair(s))",
                  verdict, f"difference {100 * d:+.1f} ± {100 * se:.1f} points (SE)" if n >= 2 else "one pair: no standard error")
