@@ -226,46 +226,54 @@ def _options(s:dict) -> dict:
     o = dict(solver=s['method'], resid_policy=s['resid'], tokens=s['tokens'])
     return {**o, 'reg': s['reg']} if s['method'] == 'sinkhorn' else o
 
-def choose(one:pd.DataFrame, method:str) -> pd.DataFrame:
-    "For `method`: the rows (one per pair) at the settings with the best mean validation accuracy, each pair at its better anchor"
+def choose(one:pd.DataFrame, method:str, higher:bool=True) -> pd.DataFrame:
+    "For `method`: the rows (one per pair) at the settings with the best mean validation score, each pair at its better anchor (`higher=False`: a loss)"
     s = one[one.method == method]
     if not len(s): raise ValueError(f"the one-shot table has no {method!r} rows")
     if method == 'vanilla': return s.sort_values('pair').reset_index(drop=True)
+    sg = 1 if higher else -1
     v = s.fillna({'reg': -1.0}).groupby(['reg', 'resid', 'tokens'], sort=False).val.mean()
-    reg, resid, tokens = v.index[int(np.argmax(v.values))]
+    reg, resid, tokens = v.index[int(np.argmax(sg * v.values))]
     best = s[(s.reg.fillna(-1.0) == reg) & (s.resid == resid) & (s.tokens == tokens)]
-    return best.loc[best.groupby('pair').val.idxmax()].sort_values('pair').reset_index(drop=True)
+    return best.loc[(sg * best.val).groupby(best.pair).idxmax()].sort_values('pair').reset_index(drop=True)
 
 # %% ../nbs/24_fusion_experiments.ipynb #af7f03db
-def _near_chance(*vals) -> bool: return max(vals) < FUSION_CHANCE + 0.05
-
 def k_pairs(n:int, k:float=K_SE) -> float:
     "The threshold in standard errors for a paired difference over `n` pairs: Student's t at two-sided 5 % (n − 1 degrees of freedom), at least k"
     return max(k, float(student_t.ppf(0.975, n - 1))) if n >= 2 else math.nan
 
-def paired_claim(statement:str, a, b, names=('A', 'B'), k:float=K_SE) -> Claim:
-    "Claim 'A beats B' judged on the paired per-pair accuracies `a`, `b` (same pairs): mean difference beyond `k_pairs` SEs"
+def paired_claim(statement:str, a, b, names=('A', 'B'), k:float=K_SE, higher:bool=True, chance:float=FUSION_CHANCE,
+                 margin:float=0.05, unit:str='%') -> Claim:
+    "Claim 'A beats B' on paired per-pair scores `a`, `b` (accuracies; `higher=False`: losses): mean difference beyond `k_pairs` SEs"
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or not len(a): raise ValueError(f"a and b must be non-empty and paired, got {a.shape} and {b.shape}")
-    Y = np.stack([b, a])
-    d, se = paired(Y, 0, 1)
+    sg = 1 if higher else -1
+    d, se = paired(np.stack([sg * b, sg * a]), 0, 1)                     # d > 0: A better
     n = int((np.isfinite(a) & np.isfinite(b)).sum())
     kn = k_pairs(n, k)
-    verdict = 'inconclusive' if _near_chance(np.nanmean(a), np.nanmean(b)) or n < 2 else difference(0.0, 0.0, d, se, k=kn)
-    crit = (f"paired difference of test accuracy over the pairs: agrees when the mean exceeds k standard errors, disagrees "
-            f"when below −k SE (k = max({k:g}, Student's t at 97.5 % with pairs − 1 degrees of freedom)" + (f" = {kn:.2f}" if n >= 2 else '')
-            + f"), else inconclusive (always with one pair); inconclusive when both are under chance + 5 points "
-            f"({100 * (FUSION_CHANCE + 0.05):.0f}%)")
-    pct = lambda v: f"{100 * v:.1f}%"
-    return Claim(statement, crit, f"{names[0]} {pct(np.nanmean(a))} vs {names[1]} {pct(np.nanmean(b))} (test, {n} pair(s))",
-                 verdict, f"difference {100 * d:+.1f} ± {100 * se:.1f} points (SE)" if n >= 2 else "one pair: no standard error")
+    best = max(sg * np.nanmean(a), sg * np.nanmean(b))                    # the better of the two, as a score
+    near = best < sg * chance + margin
+    verdict = 'inconclusive' if near or n < 2 else difference(0.0, 0.0, d, se, k=kn)
+    s = 100 if unit == '%' else 1
+    q = (lambda v: f"{100 * v:.1f}%") if unit == '%' else (lambda v: f"{v:.3f} {unit}")
+    what = 'test accuracy' if higher else f'test loss ({unit}, lower is better)'
+    crit = (f"paired difference of {what} over the pairs: agrees when A is better by more than k standard errors, disagrees "
+            f"when worse by more than k SE (k = max({k:g}, Student's t at 97.5 % with pairs − 1 degrees of freedom)" + (f" = {kn:.2f}" if n >= 2 else '')
+            + f"), else inconclusive (always with one pair); inconclusive when neither is better than chance by "
+            + (f"{100 * margin:g} points ({100 * (chance + margin):.0f}%)" if unit == '%' else f"{margin:g} {unit} (chance: {chance:.3f} {unit})"))
+    return Claim(statement, crit, f"{names[0]} {q(np.nanmean(a))} vs {names[1]} {q(np.nanmean(b))} (test, {n} pair(s))",
+                 verdict, (f"A better by {s * d:+.{1 if unit == '%' else 3}f} ± {s * se:.{1 if unit == '%' else 3}f}"
+                           + (' points' if unit == '%' else f' {unit}') + ' (SE)') if n >= 2 else "one pair: no standard error")
 
 # %% ../nbs/24_fusion_experiments.ipynb #9a88a62b
 def _col(df, c): return df.sort_values('pair')[c].values
+_paired_claim = paired_claim
 
-def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame, het:pd.DataFrame=None) -> list:
-    "The transformer-fusion claims checked against the saved one-shot, finetune and heterogeneous tables"
-    soft, hard, unif, van = (choose(one, m) for m in ('sinkhorn', 'emd', 'uniform', 'vanilla'))
+def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame, het:pd.DataFrame=None, higher:bool=True, **score) -> list:
+    "The transformer-fusion claims checked against the saved one-shot, finetune and heterogeneous tables (`higher=False` and `score` (chance, margin, unit): losses)"
+    score = dict(higher=higher, **score)
+    paired_claim = lambda *a: _paired_claim(*a, **score)
+    soft, hard, unif, van = (choose(one, m, higher) for m in ('sinkhorn', 'emd', 'uniform', 'vanilla'))
     regs = sorted(one[one.method == 'sinkhorn'].reg.unique())
     best = float(soft.reg.iloc[0])
     out = [paired_claim(f"Soft OT fusion (Sinkhorn, λ = {best:g} chosen on validation) beats vanilla averaging one-shot",
@@ -279,7 +287,8 @@ def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame, het:pd.DataFrame=None) -> l
                  f"λ = {best:g} in [{', '.join(f'{r:g}' for r in regs)}] (validation)",
                  'inconclusive' if len(regs) < 3 else 'agrees' if regs[0] < best < regs[-1] else 'disagrees')]
     for b, f in ft.groupby('budget'):
-        bp = f[['parent_a_ft', 'parent_b_ft']].max(axis=1).values
+        pf = f[['parent_a_ft', 'parent_b_ft']]
+        bp = (pf.max(axis=1) if higher else pf.min(axis=1)).values
         out.append(paired_claim(f"OT fusion + finetune ({b:.0%} of the parents' budget) beats the better parent given the same extra budget",
                                 _col(f, 'ot_ft'), bp[np.argsort(f.pair.values)], ('OT + finetune', 'better parent + finetune')))
         out.append(paired_claim(f"OT fusion + finetune ({b:.0%}) beats vanilla averaging + the same finetune",
@@ -302,20 +311,22 @@ def survives_uniform(claims:list) -> str:
 def _settings(r) -> str:
     return f"λ = {r['reg']:g}, " * (r['method'] == 'sinkhorn') + f"resid '{r['resid']}', tokens '{r['tokens']}'"
 
-def _mse(v) -> tuple:
+def _mse(v, s:float=100) -> tuple:
     v = np.asarray(v, float); v = v[np.isfinite(v)]
-    return (100 * v.mean(), 100 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else np.nan) if len(v) else (np.nan, np.nan)
+    return (s * v.mean(), s * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else np.nan) if len(v) else (np.nan, np.nan)
 
-def oneshot_table(one:pd.DataFrame, ft:pd.DataFrame) -> pd.DataFrame:
-    "Every one-shot accuracy beside its controls: test %, mean and SE over pairs, and the settings chosen on validation"
+def oneshot_table(one:pd.DataFrame, ft:pd.DataFrame, higher:bool=True, chance:float=FUSION_CHANCE, chance_label:str='chance',
+                  unit:str='%') -> pd.DataFrame:
+    "Every one-shot score beside its controls: test mean and SE over pairs (accuracy in %, or a loss in `unit`), and the settings chosen on validation"
     par = ft.drop_duplicates('pair').sort_values('pair')
-    soft, hard, unif, van = (choose(one, m) for m in ('sinkhorn', 'emd', 'uniform', 'vanilla'))
-    rows = [('chance', [FUSION_CHANCE] * len(par), ''), ('parent A', par.parent_a, ''), ('parent B', par.parent_b, ''),
+    soft, hard, unif, van = (choose(one, m, higher) for m in ('sinkhorn', 'emd', 'uniform', 'vanilla'))
+    s = 100 if unit == '%' else 1
+    rows = [(chance_label, [chance] * len(par), ''), ('parent A', par.parent_a, ''), ('parent B', par.parent_b, ''),
             ('the anchor alone (as chosen for soft OT)', soft.anchor_test, f"anchors {list(soft.anchor.astype(int))}"),
             ('ensemble of the parents (2× cost)', par.ensemble, ''), ('vanilla average', van.test, ''),
             ('uniform plan (λ → ∞)', unif.test, _settings(unif.iloc[0])), ('hard OT (EMD)', hard.test, _settings(hard.iloc[0])),
             ('soft OT (Sinkhorn)', soft.test, _settings(soft.iloc[0]))]
-    return pd.DataFrame([dict(zip(('mean %', 'SE'), _mse(v)), what=w, settings=st) for w, v, st in rows]).set_index('what')
+    return pd.DataFrame([dict(zip((f'mean {unit}', 'SE'), _mse(v, s)), what=w, settings=st) for w, v, st in rows]).set_index('what')
 
 def budget_table(ft:pd.DataFrame) -> pd.DataFrame:
     "Test accuracy after the finetune, mean and SE over pairs, for each budget (columns: budget; rows: the models)"
