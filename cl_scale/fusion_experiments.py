@@ -256,11 +256,12 @@ def paired_claim(statement:str, a, b, names=('A', 'B'), k:float=K_SE, higher:boo
     verdict = 'inconclusive' if near or n < 2 else difference(0.0, 0.0, d, se, k=kn)
     s = 100 if unit == '%' else 1
     q = (lambda v: f"{100 * v:.1f}%") if unit == '%' else (lambda v: f"{v:.3f} {unit}")
-    what = 'test accuracy' if higher else f'test loss ({unit}, lower is better)'
+    what = ('test accuracy' if unit == '%' else f'test score ({unit}, higher is better)') if higher else f'test loss ({unit}, lower is better)'
     crit = (f"paired difference of {what} over the pairs: agrees when A is better by more than k standard errors, disagrees "
             f"when worse by more than k SE (k = max({k:g}, Student's t at 97.5 % with pairs − 1 degrees of freedom)" + (f" = {kn:.2f}" if n >= 2 else '')
-            + f"), else inconclusive (always with one pair); inconclusive when neither is better than chance by "
-            + (f"{100 * margin:g} points ({100 * (chance + margin):.0f}%)" if unit == '%' else f"{margin:g} {unit} (chance: {chance:.3f} {unit})"))
+            + "), else inconclusive (always with one pair)"
+            + ('' if not np.isfinite(chance) else "; inconclusive when neither is better than chance by "
+               + (f"{100 * margin:g} points ({100 * (chance + margin):.0f}%)" if unit == '%' else f"{margin:g} {unit} (chance: {chance:.3f} {unit})")))
     return Claim(statement, crit, f"{names[0]} {q(np.nanmean(a))} vs {names[1]} {q(np.nanmean(b))} (test, {n} pair(s))",
                  verdict, (f"A better by {s * d:+.{1 if unit == '%' else 3}f} ± {s * se:.{1 if unit == '%' else 3}f}"
                            + (' points' if unit == '%' else f' {unit}') + ' (SE)') if n >= 2 else "one pair: no standard error")
