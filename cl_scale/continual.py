@@ -21,7 +21,7 @@ from .data import TaskStream, Task
 # %% auto #0
 __all__ = ['LOSSES', 'cl_metrics', 'linear_cka', 'cka_distance', 'kernel_distance', 'call_model', 'model_features', 'gram',
            'feature_kernel', 'lr_mults', 'empirical_ntk', 'weight_change', 'TrainConfig', 'task_loss', 'cosine_factor',
-           'evaluate', 'ContinualResult', 'train_continual', 'describe_model', 'plot_run']
+           'evaluate', 'fit', 'ContinualResult', 'train_continual', 'describe_model', 'plot_run']
 
 # %% ../nbs/02_continual.ipynb #5d590e83
 def _check_matrix(m, name):
@@ -224,6 +224,26 @@ def evaluate(model, task:Task, loss:str='ce', batch:int=2048, split:str='test') 
         out, y = call_model(model, X[idx], task.heads(split, idx)), Y[idx]
         correct += (out.argmax(-1) == y).sum().item(); total += task_loss(out, y, loss, 'sum').item()
     return correct / n, total / n
+
+# %% ../nbs/02_continual.ipynb #c40a7646
+def fit(model, n:int, loss_fn, epochs:int, lr:float, seed:int=0, bs:int=64, optimizer=None, schedule=None, on_epoch=None):
+    "Train `model` for `epochs` passes over `n` examples: loss_fn(model, idx, g) per batch, `optimizer(params, lr)` (AdamW), lr × `schedule(step, steps)` (cosine)"
+    if epochs < 0 or lr <= 0 or bs < 1 or n < 1: raise ValueError(f"need epochs >= 0, lr > 0, bs >= 1 and n >= 1, got {epochs}, {lr}, {bs}, {n}")
+    g = torch.Generator().manual_seed(seed)                      # the batch order, and whatever loss_fn draws, depend on `seed` only
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer(params, lr) if optimizer is not None else torch.optim.AdamW(params, lr=lr)
+    base = [gr['lr'] for gr in opt.param_groups]
+    schedule = schedule or cosine_factor
+    steps, k = epochs * math.ceil(n / bs), 0
+    for ep in range(epochs):
+        model.train()
+        for idx in torch.randperm(n, generator=g).split(bs):
+            f = schedule(k, steps)
+            for gr, b in zip(opt.param_groups, base): gr['lr'] = b * f
+            loss = loss_fn(model, idx, g)
+            opt.zero_grad(); loss.backward(); opt.step(); k += 1
+        if on_epoch is not None: on_epoch(ep)
+    return model.eval()
 
 # %% ../nbs/02_continual.ipynb #10276e22
 @dataclass

@@ -20,6 +20,7 @@ from .options import sized
 from scipy.stats import t as student_t
 from .claims import Claim, K_SE, difference, paired
 from .data import load_dataset, stratified_subset
+from .continual import fit
 from .models import ViT
 from .fusion import fuse, vanilla_average, model_output, parse_tokens
 from .alignment import layer_diagnostics, plot_alignment
@@ -127,18 +128,11 @@ def train_classifier(model, x, y, epochs:int, lr:float, seed:int, bs:int=64, wei
     if epochs < 0 or lr <= 0 or bs < 1: raise ValueError(f"need epochs >= 0, lr > 0 and bs >= 1, got {epochs}, {lr}, {bs}")
     if len(x) != len(y) or not len(x): raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
     if not 0 <= warmup < 1 or shift < 0: raise ValueError(f"need 0 <= warmup < 1 and shift >= 0, got {warmup}, {shift}")
-    g = torch.Generator().manual_seed(seed)                       # the batch order and the shifts depend on `seed` only
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps, k = epochs * math.ceil(len(x) / bs), 0
-    for ep in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(x), generator=g).split(bs):
-            for gr in opt.param_groups: gr['lr'] = lr * lr_factor(k, steps, warmup)
-            xb = random_shift(x[idx], shift, g, fill) if shift else x[idx]
-            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=smoothing)
-            opt.zero_grad(); loss.backward(); opt.step(); k += 1
-        if on_epoch: on_epoch(ep)
-    return model.eval()
+    def loss(m, idx, g):                                          # the shifts come from the loop's generator: `seed` decides all
+        xb = random_shift(x[idx], shift, g, fill) if shift else x[idx]
+        return F.cross_entropy(m(xb), y[idx], label_smoothing=smoothing)
+    return fit(model, len(x), loss, epochs, lr, seed, bs, lambda ps, lr: torch.optim.AdamW(ps, lr=lr, weight_decay=weight_decay),
+               lambda k, steps: lr_factor(k, steps, warmup), on_epoch)
 
 def accuracy(model, x, y) -> float:
     "Fraction of `x` that `model` classifies as `y`"
