@@ -226,7 +226,8 @@ def evaluate(model, task:Task, loss:str='ce', batch:int=2048, split:str='test') 
     return correct / n, total / n
 
 # %% ../nbs/02_continual.ipynb #c40a7646
-def fit(model, n:int, loss_fn, epochs:int, lr:float, seed:int=0, bs:int=64, optimizer=None, schedule=None, on_epoch=None):
+def fit(model, n:int, loss_fn, epochs:int, lr:float, seed:int=0, bs:int=64, optimizer=None, schedule=None, on_epoch=None,
+        shuffle:bool=True, on_step=None):
     "Train `model` for `epochs` passes over `n` examples: loss_fn(model, idx, g) per batch, `optimizer(params, lr)` (AdamW), lr × `schedule(step, steps)` (cosine)"
     if epochs < 0 or lr <= 0 or bs < 1 or n < 1: raise ValueError(f"need epochs >= 0, lr > 0, bs >= 1 and n >= 1, got {epochs}, {lr}, {bs}, {n}")
     g = torch.Generator().manual_seed(seed)                      # the batch order, and whatever loss_fn draws, depend on `seed` only
@@ -237,7 +238,8 @@ def fit(model, n:int, loss_fn, epochs:int, lr:float, seed:int=0, bs:int=64, opti
     steps, k = epochs * math.ceil(n / bs), 0
     for ep in range(epochs):
         model.train()
-        for idx in torch.randperm(n, generator=g).split(bs):
+        for idx in (torch.randperm(n, generator=g) if shuffle else torch.arange(n)).split(bs):
+            if on_step is not None: on_step(k)
             f = schedule(k, steps)
             for gr, b in zip(opt.param_groups, base): gr['lr'] = b * f
             loss = loss_fn(model, idx, g)
