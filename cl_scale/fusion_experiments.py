@@ -21,6 +21,7 @@ from scipy.stats import t as student_t
 from .claims import Claim, K_SE, difference, paired
 from .data import load_dataset, stratified_subset
 from .continual import fit
+from .sweep import pick_executor
 from .models import ViT
 from .fusion import fuse, vanilla_average, model_output, parse_tokens
 from .alignment import layer_diagnostics, plot_alignment
@@ -160,15 +161,9 @@ def _train_job(job:dict, on_epoch=None) -> dict:
     return dict(state=m.state_dict(), curve=curve)
 
 def _pool(executor, workers, n_jobs):
-    "(pool, owned, threads per job): a Dask client's executor, a given executor, a local process pool, or None (this process)"
-    if executor is not None:
-        if hasattr(executor, 'get_executor') and hasattr(executor, 'scheduler_info'): return executor.get_executor(), False, 1
-        if hasattr(executor, 'submit'): return executor, False, None
-        raise TypeError(f"executor must be a dask Client or an object with `submit`, got {executor!r}")
-    cores = os.cpu_count() or 1
-    workers = min(workers or cores, n_jobs)
-    if workers <= 1: return None, False, None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('forkserver')), True, max(1, cores // workers)
+    "(pool, owned, threads per job) from the sweeps' executor choice (`sweep.pick_executor`); pool None: train in this process"
+    ex, owned, kind, _, threads = pick_executor(executor, workers, n_jobs)
+    return (None, False, None) if kind == 'local' else (ex, owned, threads)
 
 def _load(path):
     r = torch.load(path)

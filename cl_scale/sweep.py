@@ -18,7 +18,8 @@ from .data import StreamConfig, TaskStream, make_stream, joint_task
 from .continual import TrainConfig, train_continual
 
 # %% auto #0
-__all__ = ['ARCHS', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'ResultStore', 'run_group', 'run_sweep', 'summarize']
+__all__ = ['ARCHS', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'ResultStore', 'run_group', 'pick_executor', 'run_sweep',
+           'summarize']
 
 # %% ../nbs/03_sweep.ipynb #b22999f2
 _STREAM = dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5)
@@ -283,12 +284,13 @@ class _Channel:
     def close(self):
         if self.mgr is not None: self.mgr.shutdown()
 
-def _executor(executor, workers):
-    "(executor, owned, channel kind, client, threads per job)"
+def pick_executor(executor=None, workers:int=None, n_jobs:int=None) -> tuple:
+    "The package's one executor choice (sweeps, fusion parents): (executor, owned, kind 'local'|'process'|'dask'|None, dask client, torch threads per job)"
     cores = os.cpu_count() or 1
     if executor == 'serial': return _Direct(), True, 'local', None, None
     if executor is None:
         workers = workers or cores
+        if n_jobs is not None: workers = min(workers, n_jobs)         # no idle processes for a few jobs
         if workers <= 1: return _Direct(), True, 'local', None, None
         ctx = multiprocessing.get_context('forkserver')
         ctx.set_forkserver_preload(['cl_scale.sweep'])   # the server imports torch once; workers fork from it
@@ -329,7 +331,7 @@ def run_sweep(sweep, store:ResultStore, executor=None, workers:int=None, batch='
     runs = sweep.runs()
     done = store.done()
     todo = [r for r in runs if r.run_id not in done]
-    ex, owned, kind, client, threads = _executor(executor, workers)
+    ex, owned, kind, client, threads = pick_executor(executor, workers)
     n_workers = (workers or os.cpu_count() or 1) if executor is None else (
         len(client.scheduler_info()['workers']) if client else (workers or 1))
     jobs = _jobs(todo, batch, n_workers)
