@@ -20,7 +20,8 @@ from .options import sized
 from scipy.stats import t as student_t
 from .claims import Claim, K_SE, difference, paired
 from .data import load_dataset, stratified_subset
-from .continual import fit
+from functools import partial
+from .continual import fit, cosine_factor
 from .sweep import pick_executor
 from .models import ViT
 from .fusion import fuse, vanilla_average, model_output, parse_tokens
@@ -121,12 +122,11 @@ def lr_factor(step:int, steps:int, warmup:float=0.0) -> float:
     "The learning-rate multiplier at `step` of `steps`: linear warm-up over a fraction `warmup` of the steps, then cosine to 0"
     w = int(warmup * steps)
     if step < w: return (step + 1) / w
-    return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, steps - w)))
+    return cosine_factor(step - w, max(1, steps - w))
 
 def train_classifier(model, x, y, epochs:int, lr:float, seed:int, bs:int=64, weight_decay:float=0.05,
                      smoothing:float=0.1, warmup:float=0.0, shift:int=0, fill:float=0.0, on_epoch=None):
     "Train `model` on (`x`, `y`) with AdamW, warm-up + cosine learning rates, label smoothing and random shifts; returns it in eval mode"
-    if epochs < 0 or lr <= 0 or bs < 1: raise ValueError(f"need epochs >= 0, lr > 0 and bs >= 1, got {epochs}, {lr}, {bs}")
     if len(x) != len(y) or not len(x): raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
     if not 0 <= warmup < 1 or shift < 0: raise ValueError(f"need 0 <= warmup < 1 and shift >= 0, got {warmup}, {shift}")
     def loss(m, idx, g):                                          # the shifts come from the loop's generator: `seed` decides all
@@ -257,21 +257,19 @@ def paired_claim(statement:str, a, b, names=('A', 'B'), k:float=K_SE, higher:boo
 
 # %% ../nbs/24_fusion_experiments.ipynb #9a88a62b
 def _col(df, c): return df.sort_values('pair')[c].values
-_paired_claim = paired_claim
 
 def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame, het:pd.DataFrame=None, higher:bool=True, **score) -> list:
     "The transformer-fusion claims checked against the saved one-shot, finetune and heterogeneous tables (`higher=False` and `score` (chance, margin, unit): losses)"
-    score = dict(higher=higher, **score)
-    paired_claim = lambda *a: _paired_claim(*a, **score)
+    claim = partial(paired_claim, higher=higher, **score)           # every paired claim judged on this score
     soft, hard, unif, van = (choose(one, m, higher) for m in ('sinkhorn', 'emd', 'uniform', 'vanilla'))
     regs = sorted(one[one.method == 'sinkhorn'].reg.unique())
     best = float(soft.reg.iloc[0])
-    out = [paired_claim(f"Soft OT fusion (Sinkhorn, λ = {best:g} chosen on validation) beats vanilla averaging one-shot",
+    out = [claim(f"Soft OT fusion (Sinkhorn, λ = {best:g} chosen on validation) beats vanilla averaging one-shot",
                         soft.test, van.test, ('soft OT', 'vanilla')),
-           paired_claim("Soft OT fusion beats the uniform-plan limit (λ → ∞: the anchor averaged with the other model's mean neuron) one-shot",
+           claim("Soft OT fusion beats the uniform-plan limit (λ → ∞: the anchor averaged with the other model's mean neuron) one-shot",
                         soft.test, unif.test, ('soft OT', 'uniform plan')),
-           paired_claim("Soft alignment beats hard alignment (exact OT, EMD) one-shot", soft.test, hard.test, ('soft OT', 'EMD')),
-           paired_claim("Hard alignment (EMD) beats the uniform-plan limit one-shot", hard.test, unif.test, ('EMD', 'uniform plan')),
+           claim("Soft alignment beats hard alignment (exact OT, EMD) one-shot", soft.test, hard.test, ('soft OT', 'EMD')),
+           claim("Hard alignment (EMD) beats the uniform-plan limit one-shot", hard.test, unif.test, ('EMD', 'uniform plan')),
            Claim("The best Sinkhorn λ lies inside the grid, not at one of its ends",
                  "λ chosen on the validation split strictly inside the λ grid (needs at least 3 grid points)",
                  f"λ = {best:g} in [{', '.join(f'{r:g}' for r in regs)}] (validation)",
@@ -279,13 +277,13 @@ def fusion_claims(one:pd.DataFrame, ft:pd.DataFrame, het:pd.DataFrame=None, high
     for b, f in ft.groupby('budget'):
         pf = f[['parent_a_ft', 'parent_b_ft']]
         bp = (pf.max(axis=1) if higher else pf.min(axis=1)).values
-        out.append(paired_claim(f"OT fusion + finetune ({b:.0%} of the parents' budget) beats the better parent given the same extra budget",
+        out.append(claim(f"OT fusion + finetune ({b:.0%} of the parents' budget) beats the better parent given the same extra budget",
                                 _col(f, 'ot_ft'), bp[np.argsort(f.pair.values)], ('OT + finetune', 'better parent + finetune')))
-        out.append(paired_claim(f"OT fusion + finetune ({b:.0%}) beats vanilla averaging + the same finetune",
+        out.append(claim(f"OT fusion + finetune ({b:.0%}) beats vanilla averaging + the same finetune",
                                 _col(f, 'ot_ft'), _col(f, 'vf_ft'), ('OT + finetune', 'vanilla + finetune')))
     if het is not None and len(het) and het.alone.notna().any():
         h = het[het.alone.notna()]
-        out.append(paired_claim(f"A wide parent fused into the narrow anchor and finetuned beats the narrow model trained alone for the same total epochs",
+        out.append(claim(f"A wide parent fused into the narrow anchor and finetuned beats the narrow model trained alone for the same total epochs",
                                 _col(h, 'fused_ft'), _col(h, 'alone'), ('fused + finetune', 'narrow alone')))
     return out
 
