@@ -12,16 +12,17 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from torch.func import functional_call, vmap, grad, grad_and_value, stack_module_state
+from torch.func import functional_call, vmap, grad
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
-from .param import ScaledModel, make_optimizer, param_groups, ScaledLayer, ScaledLinear
+from .param import (ScaledModel, make_optimizer, param_groups, ScaledLayer, ScaledLinear, fit, Looped, Batched,
+                            cosine_factor, constant_factor, lr_mults)
 from .data import TaskStream, Task
 
 # %% auto #0
 __all__ = ['LOSSES', 'cl_metrics', 'linear_cka', 'cka_distance', 'kernel_distance', 'call_model', 'model_features', 'gram',
-           'feature_kernel', 'lr_mults', 'empirical_ntk', 'weight_change', 'TrainConfig', 'task_loss', 'cosine_factor',
-           'evaluate', 'fit', 'ContinualResult', 'train_continual', 'describe_model', 'plot_run']
+           'feature_kernel', 'empirical_ntk', 'weight_change', 'TrainConfig', 'task_loss', 'evaluate',
+           'ContinualResult', 'train_continual', 'describe_model', 'plot_run']
 
 # %% ../nbs/02_continual.ipynb #5d590e83
 def _check_matrix(m, name):
@@ -108,12 +109,6 @@ def gram(Z:torch.Tensor) -> torch.Tensor:
 def feature_kernel(model, x) -> torch.Tensor:
     "The feature kernel Φ = Z Zᵀ / N of the last hidden layer on inputs `x`"
     return gram(model_features(model, x))
-
-def lr_mults(model) -> dict:
-    "Learning-rate multiplier of every trainable parameter, by name (1 for parameters outside scaled layers)"
-    ids = {id(p): g['lr_mult'] for g in param_groups(model, 1.0) for p in g['params']} if any(
-        isinstance(m, ScaledLayer) for m in model.modules()) else {}
-    return {n: ids.get(id(p), 1.0) for n, p in model.named_parameters() if p.requires_grad}
 
 def _dense_layers(model) -> dict:
     "Name → module of the dense layers whose NTK block factorises: ScaledLinear (y = m·W a) and nn.Linear (y = W a + b)"
@@ -209,10 +204,6 @@ def task_loss(out, y, loss:str='ce', reduction:str='mean'):
     else: raise ValueError(f"unknown loss {loss!r}: expected one of {LOSSES}")
     return {'mean': l.mean, 'sum': l.sum}.get(reduction, lambda: l)()
 
-def cosine_factor(step:int, total:int) -> float:
-    "½(1 + cos(π·step/total)): 1 at the first step of a task, → 0 at its end"
-    return 0.5 * (1 + math.cos(math.pi * step / total))
-
 @torch.no_grad()
 def evaluate(model, task:Task, loss:str='ce', batch:int=2048, split:str='test') -> tuple:
     "(accuracy, mean loss) of `model` on the test (or `split='train'`: training) set of `task`"
@@ -224,28 +215,6 @@ def evaluate(model, task:Task, loss:str='ce', batch:int=2048, split:str='test') 
         out, y = call_model(model, X[idx], task.heads(split, idx)), Y[idx]
         correct += (out.argmax(-1) == y).sum().item(); total += task_loss(out, y, loss, 'sum').item()
     return correct / n, total / n
-
-# %% ../nbs/02_continual.ipynb #c40a7646
-def fit(model, n:int, loss_fn, epochs:int, lr:float, seed:int=0, bs:int=64, optimizer=None, schedule=None, on_epoch=None,
-        shuffle:bool=True, on_step=None):
-    "Train `model` for `epochs` passes over `n` examples: loss_fn(model, idx, g) per batch, `optimizer(params, lr)` (AdamW), lr × `schedule(step, steps)` (cosine)"
-    if epochs < 0 or lr <= 0 or bs < 1 or n < 1: raise ValueError(f"need epochs >= 0, lr > 0, bs >= 1 and n >= 1, got {epochs}, {lr}, {bs}, {n}")
-    g = torch.Generator().manual_seed(seed)                      # the batch order, and whatever loss_fn draws, depend on `seed` only
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = optimizer(params, lr) if optimizer is not None else torch.optim.AdamW(params, lr=lr)
-    base = [gr['lr'] for gr in opt.param_groups]
-    schedule = schedule or cosine_factor
-    steps, k = epochs * math.ceil(n / bs), 0
-    for ep in range(epochs):
-        model.train()
-        for idx in (torch.randperm(n, generator=g) if shuffle else torch.arange(n)).split(bs):
-            if on_step is not None: on_step(k)
-            f = schedule(k, steps)
-            for gr, b in zip(opt.param_groups, base): gr['lr'] = b * f
-            loss = loss_fn(model, idx, g)
-            opt.zero_grad(); loss.backward(); opt.step(); k += 1
-        if on_epoch is not None: on_epoch(ep)
-    return model.eval()
 
 # %% ../nbs/02_continual.ipynb #10276e22
 @dataclass
@@ -291,78 +260,6 @@ class ContinualResult:
                     feature_metrics=self.feature_metrics(), weight_changes=self.weight_changes, diverged_at=self.diverged_at,
                     task_end_steps=self.task_end_steps, config=self.config, seconds=self.seconds)
 
-def _finite_params(model): return all(torch.isfinite(p).all() for p in model.parameters())
-
-class _Looped:
-    "One model stepped by a torch optimizer (`optimizer(model, lr)`, default the parameterization's SGD)"
-    def __init__(self, models, cfgs, optimizer):
-        (self.model,) = self.models = models
-        self.opt = (optimizer or make_optimizer)(self.model, cfgs[0].lr)
-        for gr in self.opt.param_groups: gr.setdefault('base_lr', gr['lr'])
-    def losses(self, x, y, h, loss):
-        self.opt.zero_grad(set_to_none=True)
-        self._l = task_loss(call_model(self.model, x[0], h if not isinstance(h, torch.Tensor) else h[0]), y[0], loss)
-        return self._l.detach().reshape(1)
-    def step(self, alive, f):
-        for gr in self.opt.param_groups: gr['lr'] = gr['base_lr'] * f
-        self._l.backward(); self.opt.step()
-    def finite(self) -> list: return [_finite_params(self.model)]
-    def sync(self): pass
-
-def _check_same_arch(models):
-    "Batched models must differ only in their parameter values and per-layer scalars (γ0, parameterization)"
-    m0 = models[0]
-    shapes = lambda m: [(n, tuple(p.shape), p.dtype, p.device) for n, p in m.named_parameters()]
-    for m in models[1:]:
-        if type(m) is not type(m0) or shapes(m) != shapes(m0) or [n for n, _ in m.named_buffers()] != [n for n, _ in m0.named_buffers()]:
-            raise ValueError(f"batched models must share one architecture: {type(m0).__name__} and {type(m).__name__} "
-                             f"differ in class, parameter shapes, dtype or buffers")
-        for a in ('act_name', 'branch_mult'):
-            if getattr(m, a, None) != getattr(m0, a, None): raise ValueError(f"batched models differ in {a}")
-        if isinstance(m, ScaledModel) and m.param.readout != m0.param.readout:
-            raise ValueError(f"batched models differ in their readout ({m0.param.readout!r} vs {m.param.readout!r})")
-
-class _Batched:
-    "Models of one architecture trained as one: parameters stacked with `stack_module_state`, loss and gradient by `vmap`, plain SGD"
-    def __init__(self, models, cfgs, optimizer):
-        if optimizer is not None: raise ValueError("batched training uses the paper's plain SGD: pass optimizer=None")
-        _check_same_arch(models)
-        self.models = models
-        params, self.bufs = stack_module_state(models)
-        self.params = {n: p.detach() for n, p in params.items()}
-        self.base = copy.deepcopy(models[0]).to('meta')   # the code of the forward pass; its weights are never used
-        named = [dict(m.named_modules()) for m in models]
-        self.scaled = [(n, m) for n, m in self.base.named_modules() if isinstance(getattr(m, 'mult', None), float)]
-        dt = next(iter(self.params.values())).dtype
-        self.mults = {n: torch.tensor([d[n].mult for d in named], dtype=dt) for n, _ in self.scaled}
-        lrm = [lr_mults(m) for m in models]
-        self.base_lr = {n: torch.tensor([c.lr * lm[n] for c, lm in zip(cfgs, lrm)], dtype=torch.float64) for n in self.params}
-        self.fns = {}
-    def _one(self, p, b, mu, x, y, h, loss):
-        for n, m in self.scaled: m.mult = mu[n]          # this model's layer multipliers (γ0 and width factors)
-        return task_loss(functional_call(self.base, (p, b), (x, h)), y, loss)
-    def losses(self, x, y, h, loss):
-        key = (isinstance(h, torch.Tensor), loss)
-        if key not in self.fns:
-            self.fns[key] = vmap(grad_and_value(lambda p, b, mu, x, y, h: self._one(p, b, mu, x, y, h, loss)),
-                                 in_dims=(0, 0, 0, 0, 0, 0 if key[0] else None))
-        self._g, l = self.fns[key](self.params, self.bufs, self.mults, x, y, h)
-        return l.detach()
-    def step(self, alive, f):
-        live, everyone = torch.tensor(alive), all(alive)
-        with torch.no_grad():
-            for n, p in self.params.items():
-                lr = (self.base_lr[n] * f).to(p.dtype).view(-1, *[1] * (p.dim() - 1))
-                if everyone: p.addcmul_(self._g[n], lr, value=-1)     # in place: one pass over the weights
-                else: p.copy_(torch.where(live.view_as(lr), p - self._g[n] * lr, p))   # a diverged model stays put
-    def finite(self) -> list:
-        return [all(bool(torch.isfinite(p[i]).all()) for p in self.params.values()) for i in range(len(self.models))]
-    def sync(self):
-        "Write the stacked parameters back into the user's models"
-        with torch.no_grad():
-            for i, m in enumerate(self.models):
-                for n, p in m.named_parameters(): p.copy_(self.params[n][i])
-
 def _configs(cfg, M):
     cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg or TrainConfig()] * M
     if len(cfgs) != M: raise ValueError(f"got {len(cfgs)} configs for {M} models")
@@ -385,13 +282,15 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
                              f"and this one has {stream.n_heads} heads")
         if isinstance(mdl, ScaledModel) and mdl.readout.n_heads < stream.n_heads:
             raise ValueError(f"the stream needs {stream.n_heads} heads; the model has {mdl.readout.n_heads}")
-    eng = (_Batched if batched else _Looped)(models, cfgs, optimizer)
+    if batched and optimizer is not None: raise ValueError("batched training uses the paper's plain SGD: pass optimizer=None")
+    eng = Batched(models, [c.lr for c in cfgs]) if batched else Looped(models[0], cfg.lr, optimizer or make_optimizer)
+    call = (lambda m, x, h: m(x, h)) if batched else call_model      # batched: a functional stand-in that takes the head
     dev, dt = next(models[0].parameters()).device, next(models[0].parameters()).dtype
     mv = lambda t: t.to(dev, dt) if t.is_floating_point() else t.to(dev)
     keys = ('x_train', 'y_train', 'x_test', 'y_test', 'heads_train', 'heads_test')
     tasks = [replace(t, **{k: mv(getattr(t, k)) for k in keys if getattr(t, k) is not None}) for t in stream]
-    gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
-    acc, loss, fit = np.full((M, T, T), np.nan), np.full((M, T, T), np.nan), np.full((M, T), np.nan)
+    gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]     # one batch order per model, continued across tasks
+    acc, loss, fitted = np.full((M, T, T), np.nan), np.full((M, T, T), np.nan), np.full((M, T), np.nan)
     inits = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in models]
     use_feats = cfg.n_probe > 0 and hasattr(models[0], 'features')
     probe = tasks[0].x_test[:cfg.n_probe] if use_feats else None
@@ -401,46 +300,31 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
     snap_k = lambda m: empirical_ntk(m, probe[:cfg.n_ntk], probe_head if isinstance(probe_head, int) else probe_head[:cfg.n_ntk]).cpu()
     feats = [[snap_f(m)] if use_feats else None for m in models]
     ntks = [[snap_k(m)] if use_feats and cfg.n_ntk > 0 else None for m in models]
-    wcs, steps, ends, diverged, alive = [[] for _ in models], [[] for _ in models], [[] for _ in models], [None] * M, [True] * M
+    wcs, steps, ends, diverged = [[] for _ in models], [[] for _ in models], [[] for _ in models], [None] * M
     total = sum(cfg.epochs * math.ceil(len(t.x_train) / cfg.batch_size) for t in tasks)
     bar = tqdm(total=total, disable=not progress, leave=False, desc='train')
-    for m in models: m.train()
     for ti, task in enumerate(tasks):
-        n = len(task.x_train); S = cfg.epochs * math.ceil(n / cfg.batch_size); s = 0
-        for ep in range(cfg.epochs):
-            bar.set_description(f"task {ti + 1}/{T} epoch {ep + 1}/{cfg.epochs}")
-            if on_epoch is not None: on_epoch(ti, ep)
-            order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
-            for b in range(0, n, cfg.batch_size):
-                idx = order[:, b:b + cfg.batch_size]
-                f = cosine_factor(s, S) if cfg.schedule == 'cosine' else 1.0
-                lv = eng.losses(task.x_train[idx], task.y_train[idx], task.heads('train', idx), cfg.loss).tolist()
-                for i in range(M):
-                    if alive[i] and (not math.isfinite(lv[i]) or lv[i] > cfg.max_loss):
-                        diverged[i], alive[i] = dict(task=ti, epoch=ep, step=len(steps[i]), loss=lv[i]), False
-                if not any(alive): break
-                eng.step(alive, f)
-                for i in range(M):
-                    if alive[i]: steps[i].append(lv[i])
-                s += 1; bar.update(1)
-                if s % 10 == 0: bar.set_postfix(loss=f"{np.nanmean(lv):.3g}")
-            if not any(alive): break
-        for i, ok in enumerate(eng.finite()):
-            if alive[i] and not ok: diverged[i], alive[i] = dict(task=ti, epoch=cfg.epochs - 1, step=len(steps[i]) - 1, loss=math.nan), False
-        if not any(alive): break
-        eng.sync()
+        def task_loss_fn(m, idx, g, task=task):
+            return task_loss(call(m, task.x_train[idx], task.heads('train', idx)), task.y_train[idx], cfg.loss)
+        before = [len(s) for s in steps]
+        r = fit(eng, len(task.x_train), task_loss_fn, cfg.epochs, seed=gens, bs=cfg.batch_size,
+                schedule=cosine_factor if cfg.schedule == 'cosine' else constant_factor,
+                on_epoch=(lambda ep, ti=ti: on_epoch(ti, ep)) if on_epoch is not None else None,
+                max_loss=cfg.max_loss, record=True, progress=bar, desc=f"task {ti + 1}/{T} ")
+        for i in range(M):
+            steps[i] += r.losses[i]
+            if r.diverged[i] is not None: diverged[i] = dict(task=ti, **{**r.diverged[i], 'step': before[i] + r.diverged[i]['step']})
+        if not any(eng.alive): break
         for i, m in enumerate(models):
-            if not alive[i]: continue
-            m.eval()
+            if not eng.alive[i]: continue
             for j, other in enumerate(tasks): acc[i, ti, j], loss[i, ti, j] = evaluate(m, other, cfg.loss, cfg.eval_batch)
-            fit[i, ti] = evaluate(m, task, cfg.loss, cfg.eval_batch, split='train')[0]
-            m.train()
+            fitted[i, ti] = evaluate(m, task, cfg.loss, cfg.eval_batch, split='train')[0]
             ends[i].append(len(steps[i])); wcs[i].append(weight_change(m, inits[i]))
             if use_feats: feats[i].append(snap_f(m))
             if ntks[i] is not None: ntks[i].append(snap_k(m))
         if on_task_end is not None:
             on_task_end(ti, acc[:, ti].copy(), loss[:, ti].copy()) if batched else on_task_end(ti, acc[0, ti].copy(), loss[0, ti].copy())
-    bar.close(); eng.sync()
+    bar.close()
     secs = time.time() - t0
     out = []
     for i, m in enumerate(models):
@@ -448,7 +332,7 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
         config = dict(train=cfgs[i].to_dict(), stream=stream.config.to_dict() if hasattr(stream.config, 'to_dict') else None,
                       model=describe_model(m), batched=dict(models=M, seconds=secs) if batched else None)
         out.append(ContinualResult(acc[i], loss[i], np.array(steps[i]), ends[i], diverged[i], feats[i], ntks[i], wcs[i],
-                                   config, secs / M, fit[i]))
+                                   config, secs / M, fitted[i]))
     return out if batched else out[0]
 
 def describe_model(model) -> dict:

@@ -251,8 +251,7 @@ def finite_deep(problem:DMFTProblem, width:int, depth:int=2, gamma0:float=1.0, s
                 readout:str='zero', parameterization:str='mup', base_width:int=64, seed:int=0, dtype=torch.float64,
                 return_model:bool=False):
     "Per-task loss curves (steps + 1, n_tasks) of a width-`width` MLP with `depth` hidden layers (μP at `gamma0`, or NTP) trained on `problem` by full-batch GD"
-    from cl_scale.param import MLP, Parameterization, make_optimizer
-    from cl_scale.continual import fit
+    from cl_scale.param import MLP, Parameterization, make_optimizer, fit, constant_factor
     _check_common(gamma0, eta0, act, readout)
     if parameterization not in ('mup', 'ntp'): raise ValueError(f"parameterization must be 'mup' or 'ntp', got {parameterization!r}")
     if parameterization == 'ntp' and gamma0 != 1:
@@ -274,7 +273,7 @@ def finite_deep(problem:DMFTProblem, width:int, depth:int=2, gamma0:float=1.0, s
         Xc, yc = X[sl], y[sl]
         def step_hook(_, base=k): record(base + _)
         fit(net, len(yc), lambda m, idx, g: 0.5 * (m(Xc[idx])[:, 0] - yc[idx]).pow(2).mean(), steps[c], eta0, bs=len(yc),
-            optimizer=lambda ps, lr: opt, schedule=lambda s, S: 1.0, shuffle=False, on_step=step_hook)
+            optimizer=opt, schedule=constant_factor, shuffle=False, on_step=step_hook)
         k += steps[c]
     record(k)
     return (losses, net, init) if return_model else losses

@@ -21,7 +21,7 @@ from scipy.stats import t as student_t
 from .claims import Claim, K_SE, difference, paired
 from .data import load_dataset, stratified_subset
 from functools import partial
-from .continual import fit, cosine_factor
+from .param import fit, cosine_factor
 from .sweep import pick_executor
 from .models import ViT
 from .fusion import fuse, vanilla_average, model_output, parse_tokens
@@ -132,8 +132,9 @@ def train_classifier(model, x, y, epochs:int, lr:float, seed:int, bs:int=64, wei
     def loss(m, idx, g):                                          # the shifts come from the loop's generator: `seed` decides all
         xb = random_shift(x[idx], shift, g, fill) if shift else x[idx]
         return F.cross_entropy(m(xb), y[idx], label_smoothing=smoothing)
-    return fit(model, len(x), loss, epochs, lr, seed, bs, lambda ps, lr: torch.optim.AdamW(ps, lr=lr, weight_decay=weight_decay),
-               lambda k, steps: lr_factor(k, steps, warmup), on_epoch)
+    adamw = lambda m, lr: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    fit(model, len(x), loss, epochs, lr, seed, bs, adamw, lambda k, steps: lr_factor(k, steps, warmup), on_epoch)
+    return model
 
 def accuracy(model, x, y) -> float:
     "Fraction of `x` that `model` classifies as `y`"

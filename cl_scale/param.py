@@ -6,20 +6,21 @@ Docs: https://cl-scale.github.io/cl_scale/param.html.md"""
 
 # %% ../nbs/00_param.ipynb #f3ce1c28
 from __future__ import annotations
-import math
-from dataclasses import dataclass
+import copy, math
+from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, vmap, grad_and_value, stack_module_state
 from torch._C._functorch import is_functorch_wrapped_tensor
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['KINDS', 'READOUTS', 'GRID', 'Scales', 'Parameterization', 'ScaledLayer', 'ScaledLinear', 'ScaledConv2d',
-           'ScaledReadout', 'get_act', 'ScaledModel', 'MLP', 'ResNet', 'param_groups', 'make_optimizer', 'sgd_step',
+           'ScaledReadout', 'get_act', 'ScaledModel', 'MLP', 'ResNet', 'param_groups', 'make_optimizer',
+           'cosine_factor', 'constant_factor', 'lr_mults', 'regression_loss', 'Looped', 'Batched', 'Fit', 'fit',
            'coord_check_data', 'coord_check', 'coord_slopes', 'plot_coord_check', 'coord_check_grid', 'plot_coord_grid']
 
 # %% ../nbs/00_param.ipynb #1992c18e
@@ -301,14 +302,176 @@ def make_optimizer(model:nn.Module, lr:float, opt=torch.optim.SGD, **kwargs) -> 
     "An optimizer (default plain SGD) over `model` with the parameterization's learning-rate scaling applied"
     return opt(param_groups(model, lr), lr=lr, **kwargs)
 
-# %% ../nbs/00_param.ipynb #9eb2c8ee
-def sgd_step(model, opt, x, y, task=None):
-    "One step of ½·MSE on (x, y); returns the loss before the step"
-    opt.zero_grad()
-    loss = 0.5 * ((model(x, task) - y)**2).sum(-1).mean()
-    loss.backward()
-    opt.step()
-    return loss.item()
+# %% ../nbs/00_param.ipynb #24abfb21
+def cosine_factor(step:int, total:int) -> float:
+    "½(1 + cos(π·step/total)): 1 at the first step, → 0 at the last"
+    return 0.5 * (1 + math.cos(math.pi * step / total))
+
+def constant_factor(step:int, total:int) -> float:
+    "1 at every step: no schedule"
+    return 1.0
+
+def lr_mults(model) -> dict:
+    "Learning-rate multiplier of every trainable parameter, by name (1 for parameters outside scaled layers)"
+    ids = {id(p): g['lr_mult'] for g in param_groups(model, 1.0) for p in g['params']} if any(
+        isinstance(m, ScaledLayer) for m in model.modules()) else {}
+    return {n: ids.get(id(p), 1.0) for n, p in model.named_parameters() if p.requires_grad}
+
+def regression_loss(x, y, task=None):
+    "A `loss_fn` for `fit`: ½‖f(x) − y‖² summed over outputs, averaged over the batch (`task` is passed to a model with heads)"
+    def loss(m, idx, g):
+        out = m(x[idx], task) if isinstance(m, ScaledModel) or task is not None else m(x[idx])
+        return 0.5 * (out - y[idx]).pow(2).sum(-1).mean()
+    return loss
+
+def _adamw(model, lr): return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+def _finite(model) -> bool: return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+# %% ../nbs/00_param.ipynb #9f86637b
+class Looped:
+    "A stepper for one model and a torch optimizer: a factory `optimizer(model, lr)` (default AdamW) or a built optimizer"
+    def __init__(self, model:nn.Module, lr:float=None, optimizer=None):
+        self.model, self.models, self.alive = model, [model], [True]
+        if isinstance(optimizer, torch.optim.Optimizer): self.opt = optimizer
+        else:
+            if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)): raise ValueError(f"lr must be positive, got {lr!r}")
+            self.opt = (optimizer or _adamw)(model, lr)
+        for gr in self.opt.param_groups: gr.setdefault('base_lr', gr['lr'])
+    def rate(self, f:float):
+        "Set every group's rate to its base rate × `f`"
+        for gr in self.opt.param_groups: gr['lr'] = gr['base_lr'] * f
+    def losses(self, loss_fn, idx, g) -> torch.Tensor:
+        "Forward and backward of the batch `idx` (shape (1, b)); the loss, shape (1,)"
+        self.opt.zero_grad(set_to_none=True)
+        self._l = loss_fn(self.model, idx[0], g)
+        self._l.backward()
+        return self._l.detach().reshape(1)
+    def step(self): self.opt.step()
+    def finite(self) -> list: return [_finite(self.model)]
+    def sync(self): pass
+
+def _check_same_arch(models):
+    "Batched models must differ only in their parameter values and per-layer scalars (γ0, parameterization)"
+    m0 = models[0]
+    shapes = lambda m: [(n, tuple(p.shape), p.dtype, p.device) for n, p in m.named_parameters()]
+    for m in models[1:]:
+        if type(m) is not type(m0) or shapes(m) != shapes(m0) or [n for n, _ in m.named_buffers()] != [n for n, _ in m0.named_buffers()]:
+            raise ValueError(f"batched models must share one architecture: {type(m0).__name__} and {type(m).__name__} "
+                             f"differ in class, parameter shapes, dtype or buffers")
+        for a in ('act_name', 'branch_mult'):
+            if getattr(m, a, None) != getattr(m0, a, None): raise ValueError(f"batched models differ in {a}")
+        if isinstance(m, ScaledModel) and m.param.readout != m0.param.readout:
+            raise ValueError(f"batched models differ in their readout ({m0.param.readout!r} vs {m.param.readout!r})")
+
+class Batched:
+    "A stepper for models of one architecture trained as one: stacked parameters, loss and gradient by `vmap`, plain SGD"
+    def __init__(self, models:list, lr):
+        if not models: raise ValueError("no models to train")
+        lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(models)
+        if len(lrs) != len(models): raise ValueError(f"got {len(lrs)} learning rates for {len(models)} models")
+        if not all(isinstance(r, (int, float)) and r > 0 and math.isfinite(r) for r in lrs): raise ValueError(f"lr must be positive, got {lr!r}")
+        _check_same_arch(models)
+        self.models, self.alive = list(models), [True] * len(models)
+        params, self.bufs = stack_module_state(self.models)
+        self.params = {n: p.detach() for n, p in params.items()}
+        self.base = copy.deepcopy(models[0]).to('meta')   # the code of the forward pass; its weights are never used
+        named = [dict(m.named_modules()) for m in models]
+        self.scaled = [(n, m) for n, m in self.base.named_modules() if isinstance(getattr(m, 'mult', None), float)]
+        dt = next(iter(self.params.values())).dtype
+        self.mults = {n: torch.tensor([d[n].mult for d in named], dtype=dt) for n, _ in self.scaled}
+        lrm = [lr_mults(m) for m in models]
+        self.base_lr = {n: torch.tensor([r * lm[n] for r, lm in zip(lrs, lrm)], dtype=torch.float64) for n in self.params}
+    def _one(self, p, b, mu, idx, loss_fn):
+        for n, m in self.scaled: m.mult = mu[n]          # this model's layer multipliers (γ0 and width factors)
+        return loss_fn(lambda *a: functional_call(self.base, (p, b), a), idx, None)
+    def losses(self, loss_fn, idx, g) -> torch.Tensor:
+        "Every model's loss on its own batch (row m of `idx`) and its gradient; shape (M,)"
+        f = vmap(grad_and_value(lambda p, b, mu, i: self._one(p, b, mu, i, loss_fn)))
+        self._g, l = f(self.params, self.bufs, self.mults, idx)
+        return l.detach()
+    def rate(self, f:float): self.f = f
+    def step(self):
+        f, live, everyone = self.f, torch.tensor(self.alive), all(self.alive)
+        with torch.no_grad():
+            for n, p in self.params.items():
+                lr = (self.base_lr[n] * f).to(p.dtype).view(-1, *[1] * (p.dim() - 1))
+                if everyone: p.addcmul_(self._g[n], lr, value=-1)     # in place: one pass over the weights
+                else: p.copy_(torch.where(live.view_as(lr), p - self._g[n] * lr, p))   # a diverged model stays put
+    def finite(self) -> list:
+        return [all(bool(torch.isfinite(p[i]).all()) for p in self.params.values()) for i in range(len(self.models))]
+    def sync(self):
+        "Write the stacked parameters back into the models"
+        with torch.no_grad():
+            for i, m in enumerate(self.models):
+                for n, p in m.named_parameters(): p.copy_(self.params[n][i])
+
+# %% ../nbs/00_param.ipynb #79e951ea
+@dataclass
+class Fit:
+    "What `fit` did: the model (or list), each model's recorded step losses, and where each diverged (None if it did not)"
+    model: object
+    losses: list = field(default_factory=list)     # per model: the loss of every step it took (when recorded)
+    diverged: list = field(default_factory=list)   # per model: None, or {'epoch', 'step', 'loss'} of the step that stopped it
+    steps: int = 0                                  # steps taken (by the models still alive)
+
+def _generators(seed, M):
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * M
+    if len(seeds) != M: raise ValueError(f"got {len(seeds)} seeds for {M} models")
+    return [s if isinstance(s, torch.Generator) else torch.Generator().manual_seed(int(s)) for s in seeds]
+
+def fit(model, n:int, loss_fn, epochs:int, lr=None, seed=0, bs:int=64, optimizer=None, schedule=None, on_epoch=None,
+        shuffle:bool=True, on_step=None, max_loss:float=None, record:bool=False, progress=False, desc:str='') -> Fit:
+    "Train `model` (a module, a list of same-shape modules trained batched, or a stepper) for `epochs` passes over `n` examples"
+    if not (isinstance(epochs, int) and epochs >= 0 and isinstance(bs, int) and bs >= 1 and isinstance(n, int) and n >= 1):
+        raise ValueError(f"need epochs >= 0, bs >= 1 and n >= 1, got {epochs}, {bs}, {n}")
+    if isinstance(model, (Looped, Batched)): eng = model
+    elif isinstance(model, (list, tuple)):
+        if optimizer is not None: raise ValueError("batched training uses the paper's plain SGD: pass optimizer=None")
+        eng = Batched(list(model), lr)
+    else: eng = Looped(model, lr, optimizer)
+    M, schedule = len(eng.models), schedule or cosine_factor
+    gens = _generators(seed, M)
+    dev = next(eng.models[0].parameters()).device
+    out = Fit(model if not isinstance(model, (Looped, Batched)) else (eng.model if M == 1 and isinstance(eng, Looped) else eng.models),
+              [[] for _ in range(M)], [None] * M)
+    read = record or max_loss is not None
+    K, k = epochs * math.ceil(n / bs), 0
+    bar = progress if hasattr(progress, 'update') else tqdm(total=K, disable=not progress, leave=False)
+    alive = eng.alive
+    for ep in range(epochs):
+        if not any(alive): break
+        bar.set_description(f"{desc}epoch {ep + 1}/{epochs}")
+        for m in eng.models: m.train()
+        order = (torch.stack([torch.randperm(n, generator=g) for g in gens]) if shuffle else torch.arange(n).expand(M, n)).to(dev)
+        for b in range(0, n, bs):
+            if on_step is not None: on_step(k)
+            eng.rate(schedule(k, K))
+            lt = eng.losses(loss_fn, order[:, b:b + bs], gens[0] if M == 1 else None)
+            if read:
+                lv = lt.tolist()
+                if max_loss is not None:
+                    for i in range(M):
+                        if alive[i] and (not math.isfinite(lv[i]) or lv[i] > max_loss):
+                            out.diverged[i], alive[i] = dict(epoch=ep, step=len(out.losses[i]), loss=lv[i]), False
+                    if not any(alive): break
+            eng.step()
+            if record:
+                for i in range(M):
+                    if alive[i]: out.losses[i].append(lv[i])
+            k += 1; bar.update(1)
+            if read and k % 10 == 0: bar.set_postfix(loss=f"{np.nanmean(lv):.3g}")
+        if not any(alive): break
+        if on_epoch is not None: on_epoch(ep)
+    if max_loss is not None:       # a model can end a stage with non-finite weights and a finite last loss
+        for i, ok in enumerate(eng.finite()):
+            if alive[i] and not ok:
+                out.diverged[i], alive[i] = dict(epoch=epochs - 1, step=len(out.losses[i]) - 1, loss=math.nan), False
+    if bar is not progress: bar.close()
+    eng.sync()
+    for m in eng.models: m.eval()
+    out.steps = k
+    return out
 
 # %% ../nbs/00_param.ipynb #1aee4763
 def coord_check_data(n:int=64, d_in:int=32, d_out:int=1, seed:int=0, dtype=torch.float32):
@@ -345,13 +508,13 @@ def coord_check(make_model, widths, x, y, lr:float=4.0, steps:int=3, seeds=(0, 1
             with torch.no_grad(): return model(xm), dict(outs)
         try:
             f0, h0 = _forward()
-            opt = make_optimizer(model, lr)
-            for step in range(1, steps + 1):
-                sgd_step(model, opt, xm, ym)
+            def measure(ep):                  # after every step (an epoch is one full-batch step)
                 f, h = _forward()
                 for n in layers:
-                    recs.append(dict(width=width, seed=seed, step=step, layer=n, delta=_rms(h[n] - h0[n]), size=_rms(h[n])))
-                recs.append(dict(width=width, seed=seed, step=step, layer='output', delta=_rms(f - f0), size=_rms(f)))
+                    recs.append(dict(width=width, seed=seed, step=ep + 1, layer=n, delta=_rms(h[n] - h0[n]), size=_rms(h[n])))
+                recs.append(dict(width=width, seed=seed, step=ep + 1, layer='output', delta=_rms(f - f0), size=_rms(f)))
+            fit(model, len(xm), regression_loss(xm, ym), steps, lr, bs=len(xm), shuffle=False, optimizer=make_optimizer,
+                schedule=constant_factor, on_epoch=measure)
         finally:
             for h in hooks: h.remove()
     return recs

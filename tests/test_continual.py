@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st, assume
-from cl_scale.param import MLP, Parameterization, make_optimizer
+from cl_scale.param import MLP, Parameterization, make_optimizer, lr_mults
 from cl_scale.data import make_stream
 from cl_scale.continual import *
 
