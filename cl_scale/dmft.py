@@ -611,145 +611,155 @@ def _deep_warm_start(init:DMFTResult, cfg:DeepConfig, steps:list, Phi, G, A, B, 
     for l in range(2, L + 1): G[l] = up(tt['G'][l]).reshape(n, n)
     return {}                                                      # interpolated kernels: factored by Cholesky
 
-# %% ../nbs/11_dmft.ipynb #3ae614cd
-def solve_deep(problem:DMFTProblem, config:DeepConfig=None, init:DMFTResult=None, **options) -> DMFTResult:
-    "Two-time DMFT of a `depth`-hidden-layer μP network trained on the tasks of `problem` in order: damped fixed-point iteration on Φ, G, A, B; `options`: fields of `DeepConfig`"
-    cfg = DeepConfig.of(config, **options)
-    gamma0, eta0, S, act, readout, base_width = cfg.gamma0, cfg.eta0, cfg.S, cfg.act, cfg.readout, cfg.base_width
-    damping, tol, max_iter, jitter, dtype, float32_until = cfg.damping, cfg.tol, cfg.max_iter, cfg.jitter, cfg.dtype, cfg.float32_until
-    smooth_step, sources, progress, resp_samples = cfg.smooth_step, cfg.sources, cfg.progress, cfg.resp_samples
-    T, t_start = problem.n_tasks, time.time()
-    steps = _check_steps(cfg.steps, T)
-    L, P, Kst = int(cfg.depth), problem.P_tot, sum(steps)
-    nt = Kst + 1; n = nt * P                                    # time points 0..Kst (the last only for the final loss)
-    gt, dt = gamma0 / math.sqrt(base_width), dtype
-    if float32_until is not None: dt = torch.float32            # the precision of the first iterations
-    # the coefficients of the sources on a kernel's own factor (below): at most max(S, P) of them
-    # 'auto': the factor when S ≤ n, where the sample kernel is rank-deficient (so Cholesky sampling jumps, see the
-    # prose) and the factor is also the cheaper, O(nS²) against O(n³ + n²S); Cholesky when S > n
-    use_fac = sources == 'factor' or (sources == 'auto' and S <= n)
+# %% ../nbs/11_dmft.ipynb #56ab30fa
+@dataclass
+class _DeepState:
+    "What the steps of one `solve_deep` share: the sizes, the precision, the fixed noise, the kernels and their factors"
+    cfg: DeepConfig
+    steps: list                    # GD steps per task
+    L: int                         # hidden layers
+    P: int                         # samples, all tasks
+    nt: int                        # time points 0..K (the last only for the final loss)
+    gt: float                      # γ̃ = γ0/√N0
+    dt: object                     # the current precision
+    use_fac: bool                  # sources from a kernel's own factor (else by Cholesky)
+    fixed: dict                    # the common random numbers and the problem's arrays, float64
+    st: dict                       # the same in the current precision
+    sls: list                      # each task's sample slice
+    grid: object                   # the coarse response grid (None: exact responses at every step)
+    Phi: dict; G: dict; A: dict; B: dict; fac: dict; taus: dict
+    strict_t: torch.Tensor         # s < t between time points
+    @property
+    def n(self) -> int: return self.nt * self.P
+
+def _deep_setup(problem:DMFTProblem, cfg:DeepConfig, init:DMFTResult=None) -> _DeepState:
+    "The noise, the start (lazy, or `init`'s kernels) and the sizes of one solve"
+    steps = _check_steps(cfg.steps, problem.n_tasks)
+    L, P, nt = int(cfg.depth), problem.P_tot, sum(steps) + 1
+    n, dt = nt * P, torch.float32 if cfg.float32_until is not None else cfg.dtype   # the precision of the first iterations
+    use_fac = cfg.sources == 'factor' or (cfg.sources == 'auto' and cfg.S <= n)
     fixed, sls = _deep_noise(problem, cfg, steps, nt, n, use_fac)
-    st = {k: v.to(dt) for k, v in fixed.items()}             # the same, in the current precision
-    grid = None if cfg.resp_every == 1 and resp_samples is None else _response_grid(steps, int(cfg.resp_every), P)
-    relu = act == 'relu'
+    grid = None if cfg.resp_every == 1 and cfg.resp_samples is None else _response_grid(steps, int(cfg.resp_every), P)
     Phi, G, A, B, fac, taus, strict_t = _deep_start(problem, cfg, nt, n, use_fac, dt)
     if init is not None: fac = _deep_warm_start(init, cfg, steps, Phi, G, A, B, nt, n, P, dt, strict_t)
+    return _DeepState(cfg, steps, L, P, nt, cfg.gamma0 / math.sqrt(cfg.base_width), dt, use_fac, fixed,
+                      {k: v.to(dt) for k, v in fixed.items()}, sls, grid, Phi, G, A, B, fac, taus, strict_t)
 
-    def source(kind, k, kern, name, l):
-        "Gaussian sources with the covariance of kernel `kern[k]` on the grid (n × S), common random numbers"
-        F = fac.get((kind, k))
-        if F is not None: return F @ st['x' + name, l][:F.shape[1]]
-        return _tri_mm(_chol(kern[k], jitter), st[name, l])
+# %% ../nbs/11_dmft.ipynb #6fde7acd
+def _deep_source(s:_DeepState, kind:str, k:int, kern:dict, name:str, l:int) -> torch.Tensor:
+    "Gaussian sources with the covariance of kernel `kern[k]` on the grid (n × S), from the common random numbers"
+    F = s.fac.get((kind, k))
+    if F is not None: return F @ s.st['x' + name, l][:F.shape[1]]
+    return _tri_mm(_chol(kern[k], s.cfg.jitter), s.st[name, l])
 
-    def simulate(l, Ct=None, Dt=None, c=None):
-        """layer l's single-site process on the whole grid: φ, φ', g, h, z (n × S) and, for the readout layer, Δ and the
-        drive c. Below the readout, c is known and the drifts are the matrices C̃ = A + Φ∘c (for h) and D̃ = B + G∘c (for z)."""
-        top, bottom = l == L, l == 1
-        U = st['U1'] if bottom else source('Phi', l - 1, Phi, 'u', l)
-        Rs = None if top else source('G', l + 1, G, 'r', l)
-        phi, dph, gg, hh, zz = (torch.empty(n, S, dtype=dt) for _ in range(5))
-        if top: Delta, c = torch.empty(nt, P, dtype=dt), torch.zeros(nt, P, dtype=dt)
-        cf = c.reshape(-1); c = cf.view(nt, P)              # (for the readout layer, filled in as the steps go)
-        # the boundary kernels are constant in time, so their drifts are running sums, not products with the past:
-        # Φ⁰ = Kˣ at every pair of times (h¹ feels Kˣ Σ_{s<t} c(s)g(s)) and G^{L+1} = 1 (z^L, the readout weight, moves by
-        # Σ_{s<t} Σ_α c_α(s)φ_α(s), the same for every sample)
-        acc_g, acc_z = torch.zeros(P, S, dtype=dt), torch.zeros(S, dtype=dt)
-        f0, kb = None, max(1, 512 // P)                     # time blocks of kb steps (≈ 512 rows)
-        for t in range(nt):
-            b = slice(t * P, (t + 1) * P)
-            if t % kb == 0:
-                # blocked forward substitution: what the block's steps receive from before the block is one large
-                # matrix product; inside the block, step by step (a small product per step keeps it causal)
-                t0, rows, old = t, slice(t * P, min(t + kb, nt) * P), slice(0, t * P)
-                if not bottom:                               # the readout layer forms A + Φ∘c as c becomes known
-                    preH = (A[l - 1][rows, old] + Phi[l - 1][rows, old] * cf[old] if top else Ct[rows, old]) @ gg[old]
-                if not top: preZ = Dt[rows, old] @ phi[old]
-            k, past = slice((t - t0) * P, (t - t0 + 1) * P), slice(t0 * P, t * P)
-            if bottom: h = U[b] + st['Kx'] @ acc_g
-            else: h = U[b] + preH[k] + (A[l - 1][b, past] + Phi[l - 1][b, past] * cf[past] if top else Ct[b, past]) @ gg[past]
-            ph = h.clamp(min=0) if relu else h
-            # φ'(h): ReLU's step, or (`smooth_step`) the Gaussian CDF of width τ, the integral of the smoothed φ'' below
-            phi[b], hh[b], dph[b] = ph, h, ((0.5 * torch.erfc(-h / (taus[l] * math.sqrt(2))) if smooth_step else (h > 0).to(dt))
-                                            if relu else 1.0)
-            if top: z = (st['w0'] + acc_z).expand(P, S)
-            else: z = Rs[b] + preZ[k] + Dt[b, t0 * P:(t + 1) * P] @ phi[t0 * P:(t + 1) * P]     # B includes s = t
-            if top:                                              # the output, from this layer's own samples
-                f = (z * ph).mean(1) / gt
-                if readout == 'centered':
-                    f0 = f.clone() if f0 is None else f0
-                    f = f - f0
-                Delta[t] = st['y'] - f
-            zz[b], gg[b] = z, dph[b] * z
-            if t < Kst:
-                if top: c[t] = eta0 * gt * st['mask'][t] * Delta[t] / st['Pc'][t]
-                if bottom: acc_g += c[t][:, None] * gg[b]
-                if top: acc_z += c[t] @ ph
-        return dict(phi=phi, dph=dph, g=gg, h=hh, z=zz, c=cf, **(dict(Delta=Delta) if top else {}))
+def _deep_simulate(s:_DeepState, l:int, Ct=None, Dt=None, c=None) -> dict:
+    """Layer l's single-site process on the whole grid: φ, φ', g, h, z (n × S) and, for the readout layer, Δ and the
+    drive c. Below the readout, c is known and the drifts are the matrices C̃ = A + Φ∘c (for h) and D̃ = B + G∘c (for z)."""
+    cfg, L, P, nt, n, dt, st = s.cfg, s.L, s.P, s.nt, s.n, s.dt, s.st
+    S, Kst, relu, A, Phi = cfg.S, s.nt - 1, cfg.act == 'relu', s.A, s.Phi
+    top, bottom = l == L, l == 1
+    U = st['U1'] if bottom else _deep_source(s, 'Phi', l - 1, Phi, 'u', l)
+    Rs = None if top else _deep_source(s, 'G', l + 1, s.G, 'r', l)
+    phi, dph, gg, hh, zz = (torch.empty(n, S, dtype=dt) for _ in range(5))
+    if top: Delta, c = torch.empty(nt, P, dtype=dt), torch.zeros(nt, P, dtype=dt)
+    cf = c.reshape(-1); c = cf.view(nt, P)              # (for the readout layer, filled in as the steps go)
+    # the boundary kernels are constant in time, so their drifts are running sums, not products with the past:
+    # Φ⁰ = Kˣ at every pair of times (h¹ feels Kˣ Σ_{s<t} c(s)g(s)) and G^{L+1} = 1 (z^L, the readout weight, moves by
+    # Σ_{s<t} Σ_α c_α(s)φ_α(s), the same for every sample)
+    acc_g, acc_z = torch.zeros(P, S, dtype=dt), torch.zeros(S, dtype=dt)
+    f0, kb = None, max(1, 512 // P)                     # time blocks of kb steps (≈ 512 rows)
+    for t in range(nt):
+        b = slice(t * P, (t + 1) * P)
+        if t % kb == 0:
+            # blocked forward substitution: what the block's steps receive from before the block is one large
+            # matrix product; inside the block, step by step (a small product per step keeps it causal)
+            t0, rows, old = t, slice(t * P, min(t + kb, nt) * P), slice(0, t * P)
+            if not bottom:                               # the readout layer forms A + Φ∘c as c becomes known
+                preH = (A[l - 1][rows, old] + Phi[l - 1][rows, old] * cf[old] if top else Ct[rows, old]) @ gg[old]
+            if not top: preZ = Dt[rows, old] @ phi[old]
+        k, past = slice((t - t0) * P, (t - t0 + 1) * P), slice(t0 * P, t * P)
+        if bottom: h = U[b] + st['Kx'] @ acc_g
+        else: h = U[b] + preH[k] + (A[l - 1][b, past] + Phi[l - 1][b, past] * cf[past] if top else Ct[b, past]) @ gg[past]
+        ph = h.clamp(min=0) if relu else h
+        # φ'(h): ReLU's step, or (`smooth_step`) the Gaussian CDF of width τ, the integral of the smoothed φ'' below
+        phi[b], hh[b], dph[b] = ph, h, ((0.5 * torch.erfc(-h / (s.taus[l] * math.sqrt(2))) if cfg.smooth_step else (h > 0).to(dt))
+                                        if relu else 1.0)
+        if top: z = (st['w0'] + acc_z).expand(P, S)
+        else: z = Rs[b] + preZ[k] + Dt[b, t0 * P:(t + 1) * P] @ phi[t0 * P:(t + 1) * P]     # B includes s = t
+        if top:                                              # the output, from this layer's own samples
+            f = (z * ph).mean(1) / s.gt
+            if cfg.readout == 'centered':
+                f0 = f.clone() if f0 is None else f0
+                f = f - f0
+            Delta[t] = st['y'] - f
+        zz[b], gg[b] = z, dph[b] * z
+        if t < Kst:
+            if top: c[t] = cfg.eta0 * s.gt * st['mask'][t] * Delta[t] / st['Pc'][t]
+            if bottom: acc_g += c[t][:, None] * gg[b]
+            if top: acc_z += c[t] @ ph
+    return dict(phi=phi, dph=dph, g=gg, h=hh, z=zz, c=cf, **(dict(Delta=Delta) if top else {}))
 
-    residuals, parts, secs, conv, sims, last, n32 = [], [], [], False, {}, {}, (0 if float32_until is None else None)
-    bar = tqdm(total=max_iter, disable=not progress, leave=False, desc=f'deep DMFT (L={L}, n={n})')
-    torch.set_flush_denormal(True)          # lazy runs make products of many small numbers: denormals are 10-40× slower
-    try:
-        for it in range(max_iter):
-            new, c, t_it = {}, None, time.time()
-            for l in range(L, 0, -1):
-                # the drifts of layer l (strictly causal in time, except B which includes s = t); the readout layer
-                # produces c while it runs, so its C̃, D̃ are formed afterwards, for the responses only
-                def drift():
-                    "(A + Φ∘c, B + G∘c), Φ∘c and G∘c strictly causal; A⁰ = 0, B^L = 0 and G^{L+1} = 1 cost nothing"
-                    Cd = torch.mul(Phi[l - 1], c[None, :]).view(nt, P, nt, P).mul_(strict_t[:, None, :, None]).view(n, n)
-                    if l > 1: Cd.add_(A[l - 1])
-                    if l == L: Dd = (strict_t[:, None, :, None] * c.view(1, 1, nt, P)).expand(nt, P, nt, P).reshape(n, n)
-                    else:
-                        Dd = torch.mul(G[l + 1], c[None, :]).view(nt, P, nt, P).mul_(strict_t[:, None, :, None]).view(n, n)
-                        Dd.add_(B[l])
-                    return Cd, Dd
-                Ct, Dt = drift() if l < L else (None, None)
-                sims[l] = s = simulate(l, Ct, Dt, c)
-                if l == L: c = s['c']
-                if l < L: new['Phi', l] = _lower_gram(s['phi'], 1 / S, P)
-                if l > 1: new['G', l] = _lower_gram(s['g'], 1 / S, P)
-                if L > 1:
-                    C, D = drift() if l == L else (Ct, Dt)
-                    l2 = (torch.exp(-0.5 * (s['h'] / taus[l])**2) / (taus[l] * math.sqrt(2 * math.pi)) * s['z']
-                          if relu else torch.zeros_like(s['h']))
-                    EA, EB = (_responses(C, D, s['dph'], l2, l < L, l > 1, P) if grid is None else
-                              _responses_coarse(C, D, s['dph'], l2, l < L, l > 1, P, grid, strict_t, resp_samples))
-                    if l < L: new['A', l] = EA.to(dt)
-                    if l > 1: new['B', l - 1] = EB.to(dt)
-                    del C, D, Ct, Dt
-            old = {('Phi', l): Phi[l] for l in range(1, L)} | {('G', l): G[l] for l in range(2, L + 1)} | \
-                  {('A', l): A[l] for l in range(1, L)} | {('B', l): B[l] for l in range(1, L)}
-            last = {f"{k[0]}{k[1]}": (torch.linalg.norm(new[k] - old[k]) / max(torch.linalg.norm(new[k]).item(), 1e-300)).item() for k in new}
-            residuals.append(max(last.values()) if last else 0.0); parts.append(last); secs.append(time.time() - t_it)
-            beta = 0.0 if it == 0 else damping                   # the first estimate replaces the lazy guess
-            for (kind, l), v in new.items():
-                tgt = {'Phi': Phi, 'G': G, 'A': A, 'B': B}[kind]
-                tgt[l] = v if beta == 0 else beta * tgt[l] + (1 - beta) * v
-                if kind in ('Phi', 'G') and use_fac:             # a damped kernel is a mixture: factored by Cholesky
-                    fac[kind, l] = sims[l]['phi' if kind == 'Phi' else 'g'] / math.sqrt(S) if beta == 0 else None
-            bar.update(1); bar.set_postfix(residual=f"{residuals[-1]:.1e}")
-            if not math.isfinite(residuals[-1]): break
-            if dt != dtype:                                          # the float32 start: no convergence is declared in it
-                if residuals[-1] < max(float32_until, tol):
-                    dt, n32 = dtype, it + 1
-                    st = {k: v.to(dt) for k, v in fixed.items()}     # the float64 noise itself, not a float32 round trip
-                    for kern in (Phi, G, A, B, fac):
-                        for k in kern: kern[k] = None if kern[k] is None else kern[k].to(dt)
-            elif residuals[-1] < tol: conv = True; break
-    finally:
-        torch.set_flush_denormal(False); bar.close()
-    if not conv:
-        warnings.warn(DMFTConvergenceWarning(
-            f"solve_deep did not converge: {len(residuals)} iterations (max_iter={max_iter}), final kernel residual "
-            f"{residuals[-1]:.3e} > tol={tol:g}; residual history (last 5): {[float(f'{r:.3e}') for r in residuals[-5:]]}; "
-            f"per kernel: { {k: float(f'{v:.2e}') for k, v in last.items()} }. Try more iterations, damping > 0, "
-            f"or a smaller gamma0·eta0; the result is returned with converged=False."
-            + (f" All iterations ran in the float32 start: its residual never fell below float32_until={float32_until:g}"
-               " (float32 rounding leaves a floor near 1e-3 to 1e-2 on large grids)." if n32 is None else "")), stacklevel=2)
+# %% ../nbs/11_dmft.ipynb #a03c2d3d
+def _deep_drift(s:_DeepState, l:int, c:torch.Tensor) -> tuple:
+    "(A + Φ∘c, B + G∘c) of layer `l` on the grid, Φ∘c and G∘c strictly causal"
+    nt, P, n, strict_t = s.nt, s.P, s.n, s.strict_t
+    Cd = torch.mul(s.Phi[l - 1], c[None, :]).view(nt, P, nt, P).mul_(strict_t[:, None, :, None]).view(n, n)
+    if l > 1: Cd.add_(s.A[l - 1])
+    if l == s.L: Dd = (strict_t[:, None, :, None] * c.view(1, 1, nt, P)).expand(nt, P, nt, P).reshape(n, n)
+    else:
+        Dd = torch.mul(s.G[l + 1], c[None, :]).view(nt, P, nt, P).mul_(strict_t[:, None, :, None]).view(n, n)
+        Dd.add_(s.B[l])
+    return Cd, Dd
+
+# %% ../nbs/11_dmft.ipynb #c5efab21
+def _deep_sweep(s:_DeepState) -> tuple:
+    "One fixed-point iteration: every layer simulated given the current kernels (readout first); (new kernels, samples)"
+    L, P, S = s.L, s.P, s.cfg.S
+    new, sims, c, relu = {}, {}, None, s.cfg.act == 'relu'
+    for l in range(L, 0, -1):
+        Ct, Dt = _deep_drift(s, l, c) if l < L else (None, None)
+        sims[l] = sm = _deep_simulate(s, l, Ct, Dt, c)
+        if l == L: c = sm['c']
+        if l < L: new['Phi', l] = _lower_gram(sm['phi'], 1 / S, P)
+        if l > 1: new['G', l] = _lower_gram(sm['g'], 1 / S, P)
+        if L > 1:
+            C, D = _deep_drift(s, l, c) if l == L else (Ct, Dt)
+            tau = s.taus[l]
+            l2 = (torch.exp(-0.5 * (sm['h'] / tau)**2) / (tau * math.sqrt(2 * math.pi)) * sm['z'] if relu else torch.zeros_like(sm['h']))
+            EA, EB = (_responses(C, D, sm['dph'], l2, l < L, l > 1, P) if s.grid is None else
+                      _responses_coarse(C, D, sm['dph'], l2, l < L, l > 1, P, s.grid, s.strict_t, s.cfg.resp_samples))
+            if l < L: new['A', l] = EA.to(s.dt)
+            if l > 1: new['B', l - 1] = EB.to(s.dt)
+            del C, D, Ct, Dt
+    return new, sims
+
+def _deep_residuals(s:_DeepState, new:dict) -> dict:
+    "Each kernel's relative change, ‖new − old‖/‖new‖, by name ('Phi1', 'G2', …)"
+    old = lambda kind, l: {'Phi': s.Phi, 'G': s.G, 'A': s.A, 'B': s.B}[kind][l]
+    return {f"{k[0]}{k[1]}": (torch.linalg.norm(v - old(*k)) / max(torch.linalg.norm(v).item(), 1e-300)).item() for k, v in new.items()}
+
+def _deep_update(s:_DeepState, new:dict, sims:dict, beta:float):
+    "The damped update, in place: kernel ← β·old + (1 − β)·new; an undamped Φ or G keeps its samples' factor"
+    for (kind, l), v in new.items():
+        tgt = {'Phi': s.Phi, 'G': s.G, 'A': s.A, 'B': s.B}[kind]
+        tgt[l] = v if beta == 0 else beta * tgt[l] + (1 - beta) * v
+        if kind in ('Phi', 'G') and s.use_fac:             # a damped kernel is a mixture: factored by Cholesky
+            s.fac[kind, l] = sims[l]['phi' if kind == 'Phi' else 'g'] / math.sqrt(s.cfg.S) if beta == 0 else None
+
+def _deep_precision(s:_DeepState, dt):
+    "Continue in precision `dt`: the float64 noise itself (not a round trip) and every kernel and factor converted"
+    s.dt, s.st = dt, {k: v.to(dt) for k, v in s.fixed.items()}
+    for kern in (s.Phi, s.G, s.A, s.B, s.fac):
+        for k in kern: kern[k] = None if kern[k] is None else kern[k].to(dt)
+
+# %% ../nbs/11_dmft.ipynb #9c10313e
+def _deep_result(problem:DMFTProblem, s:_DeepState, sims:dict, residuals:list, parts:list, secs:list, conv:bool, n32,
+                 init, seconds:float) -> DMFTResult:
+    "The solve's `DMFTResult`: per-task losses, kernels at every task end, the two-time kernels when kept, and its record"
+    cfg, L, P, S = s.cfg, s.L, s.P, s.cfg.S
     Delta = sims[L]['Delta']
-    loss = np.stack([0.5 * (Delta[:, sl].double() ** 2).mean(1).numpy() for sl in sls], 1)
-    ends = list(np.cumsum(steps))
+    loss = np.stack([0.5 * (Delta[:, sl].double() ** 2).mean(1).numpy() for sl in s.sls], 1)
+    ends = list(np.cumsum(s.steps))
     def kernels(t):
         b = slice(t * P, (t + 1) * P)
         Phis = [problem.Kx] + [(sims[l]['phi'][b] @ sims[l]['phi'][b].T / S).numpy() for l in range(1, L + 1)]
@@ -757,15 +767,46 @@ def solve_deep(problem:DMFTProblem, config:DeepConfig=None, init:DMFTResult=None
         return dict(Phi=Phis[L], G=Gs[L - 1], K=sum(Gs[l] * Phis[l] for l in range(L + 1)), Phi_layers=Phis[1:], G_layers=Gs[:L])
     two = {}
     if cfg.keep_two_time:
-        two = dict(Phi={l: Phi[l].numpy() for l in range(1, L)}, G={l: G[l].numpy() for l in range(2, L + 1)},
-                   A={l: A[l].numpy() for l in range(1, L)}, B={l: B[l].numpy() for l in range(1, L)}, n_times=nt, P_tot=P)
-    out = dict(gamma0=gamma0, depth=L, steps=steps, eta0=eta0, S=S, act=act, readout=readout, base_width=base_width,
-               damping=damping, tol=tol, max_iter=max_iter, kink=cfg.kink, jitter=jitter, seed=cfg.seed, resp_every=cfg.resp_every, resp_samples=resp_samples, dtype=str(dtype),
-               float32_until=float32_until, smooth_step=smooth_step, sources='factor' if use_fac else 'cholesky', float32_iterations=n32 if n32 is not None else len(residuals),
-               residual_parts=parts, iteration_seconds=secs, init=None if init is None else f"steps {init.config['steps']}, eta0 {init.config['eta0']}",
-               problem=repr(problem))
-    return DMFTResult(loss, ends, [kernels(t) for t in [0] + ends], {}, out, time.time() - t_start,
-                      np.array(residuals), conv, two)
+        two = dict(Phi={l: s.Phi[l].numpy() for l in range(1, L)}, G={l: s.G[l].numpy() for l in range(2, L + 1)},
+                   A={l: s.A[l].numpy() for l in range(1, L)}, B={l: s.B[l].numpy() for l in range(1, L)}, n_times=s.nt, P_tot=P)
+    out = dict(gamma0=cfg.gamma0, depth=L, steps=s.steps, eta0=cfg.eta0, S=S, act=cfg.act, readout=cfg.readout,
+               base_width=cfg.base_width, damping=cfg.damping, tol=cfg.tol, max_iter=cfg.max_iter, kink=cfg.kink,
+               jitter=cfg.jitter, seed=cfg.seed, resp_every=cfg.resp_every, resp_samples=cfg.resp_samples, dtype=str(cfg.dtype),
+               float32_until=cfg.float32_until, smooth_step=cfg.smooth_step, sources='factor' if s.use_fac else 'cholesky',
+               float32_iterations=n32 if n32 is not None else len(residuals), residual_parts=parts, iteration_seconds=secs,
+               init=None if init is None else f"steps {init.config['steps']}, eta0 {init.config['eta0']}", problem=repr(problem))
+    return DMFTResult(loss, ends, [kernels(t) for t in [0] + ends], {}, out, seconds, np.array(residuals), conv, two)
+
+def solve_deep(problem:DMFTProblem, config:DeepConfig=None, init:DMFTResult=None, **options) -> DMFTResult:
+    "Two-time DMFT of a `depth`-hidden-layer μP network trained on the tasks of `problem` in order: damped fixed-point iteration on Φ, G, A, B; `options`: fields of `DeepConfig`"
+    cfg, t_start = DeepConfig.of(config, **options), time.time()
+    s = _deep_setup(problem, cfg, init)
+    residuals, parts, secs, conv, sims, last, n32 = [], [], [], False, {}, {}, (0 if cfg.float32_until is None else None)
+    bar = tqdm(total=cfg.max_iter, disable=not cfg.progress, leave=False, desc=f'deep DMFT (L={s.L}, n={s.n})')
+    torch.set_flush_denormal(True)          # lazy runs make products of many small numbers: denormals are 10-40× slower
+    try:
+        for it in range(cfg.max_iter):
+            t_it = time.time()
+            new, sims = _deep_sweep(s)
+            last = _deep_residuals(s, new)
+            residuals.append(max(last.values()) if last else 0.0); parts.append(last); secs.append(time.time() - t_it)
+            _deep_update(s, new, sims, 0.0 if it == 0 else cfg.damping)     # the first estimate replaces the lazy guess
+            bar.update(1); bar.set_postfix(residual=f"{residuals[-1]:.1e}")
+            if not math.isfinite(residuals[-1]): break
+            if s.dt != cfg.dtype:                                       # the float32 start: no convergence is declared in it
+                if residuals[-1] < max(cfg.float32_until, cfg.tol): _deep_precision(s, cfg.dtype); n32 = it + 1
+            elif residuals[-1] < cfg.tol: conv = True; break
+    finally:
+        torch.set_flush_denormal(False); bar.close()
+    if not conv:
+        warnings.warn(DMFTConvergenceWarning(
+            f"solve_deep did not converge: {len(residuals)} iterations (max_iter={cfg.max_iter}), final kernel residual "
+            f"{residuals[-1]:.3e} > tol={cfg.tol:g}; residual history (last 5): {[float(f'{r:.3e}') for r in residuals[-5:]]}; "
+            f"per kernel: { {k: float(f'{v:.2e}') for k, v in last.items()} }. Try more iterations, damping > 0, "
+            f"or a smaller gamma0·eta0; the result is returned with converged=False."
+            + (f" All iterations ran in the float32 start: its residual never fell below float32_until={cfg.float32_until:g}"
+               " (float32 rounding leaves a floor near 1e-3 to 1e-2 on large grids)." if n32 is None else "")), stacklevel=2)
+    return _deep_result(problem, s, sims, residuals, parts, secs, conv, n32, init, time.time() - t_start)
 
 def lazy_deep(problem:DMFTProblem, depth:int=2, steps=200, eta0:float=1.0, act:str='relu', readout:str='zero') -> np.ndarray:
     "Per-task loss curves (steps + 1, n_tasks) of the γ0 → 0 limit of a `depth`-hidden-layer network, in closed form"
