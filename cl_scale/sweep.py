@@ -8,6 +8,7 @@ Docs: https://cl-scale.github.io/cl_scale/sweep.html.md"""
 from __future__ import annotations
 import hashlib, itertools, json, math, multiprocessing, os, queue, socket, sqlite3, time, traceback
 from concurrent.futures import ProcessPoolExecutor, FIRST_COMPLETED, wait
+from pathlib import Path
 from dataclasses import dataclass, field, asdict, replace, fields
 import numpy as np
 import pandas as pd
@@ -18,8 +19,8 @@ from .data import StreamConfig, TaskStream, make_stream, joint_task
 from .continual import TrainConfig, train_continual
 
 # %% auto #0
-__all__ = ['ARCHS', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'ResultStore', 'run_group', 'pick_executor', 'run_sweep',
-           'summarize']
+__all__ = ['ARCHS', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'ResultStore', 'run_group', 'pick_executor', 'Reporter',
+           'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
 
 # %% ../nbs/03_sweep.ipynb #b22999f2
 _STREAM = dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5)
@@ -212,6 +213,29 @@ class ResultStore:
 
     def __len__(self): return self._rows('SELECT COUNT(*) FROM runs')[0][0]
 
+    def results(self, sweep:str) -> dict:
+        "{run_id: result} of the finished runs of one sweep (or DMFT grid, or fusion stage)"
+        return {r: json.loads(res) for r, res in self._rows("SELECT run_id, result FROM runs WHERE status='done' AND sweep=?", (sweep,))}
+
+    def put_table(self, name:str, df:pd.DataFrame):
+        "Store a result table (an experiment's rows) under `name`, replacing an earlier one"
+        if not name.isidentifier(): raise ValueError(f"a table name must be an identifier, got {name!r}")
+        con = self._con()
+        try:
+            with con: df.to_sql(f"table_{name}", con, if_exists='replace', index=False)
+        finally: con.close()
+
+    def table(self, name:str) -> pd.DataFrame:
+        "A stored result table"
+        if name not in self.tables(): raise KeyError(f"no table {name!r} in {self.path}; it has {self.tables()}")
+        con = self._con()
+        try: return pd.read_sql(f'SELECT * FROM "table_{name}"', con)
+        finally: con.close()
+
+    def tables(self) -> list:
+        "The names of the stored result tables"
+        return sorted(r[0][len('table_'):] for r in self._rows("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'table_%'"))
+
     def df(self, sweep=None, status:str='done') -> pd.DataFrame:
         "The runs (of a sweep: its name, or the `Sweep`/`RunList` itself) as a DataFrame: spec fields, metrics, feature metrics, divergence, matrices"
         q, a = 'SELECT run_id, sweep, status, spec, result, error, seconds FROM runs WHERE 1=1', []
@@ -240,7 +264,7 @@ def _record(spec:RunSpec, status, result=None, error=None, seconds=math.nan) -> 
     return dict(run_id=spec.run_id, spec=spec.to_dict(), status=status, result=result, error=error, seconds=seconds,
                 host=socket.gethostname())
 
-def run_group(specs:list, progress=None, threads:int=None) -> list:
+def run_group(specs:list, report=None, threads:int=None) -> list:
     "Train runs that share a `group_key` (batched when there are several); one record per run"
     specs = [RunSpec.from_dict(s) if isinstance(s, dict) else s for s in specs]
     if not specs: return []
@@ -251,7 +275,7 @@ def run_group(specs:list, progress=None, threads:int=None) -> list:
         stream = specs[0].make_stream()
         models, cfgs = [s.make_model(stream) for s in specs], [s.train_config() for s in specs]
         T, E = len(stream), cfgs[0].epochs
-        on_epoch = (lambda ti, ep: progress.put((ids, ti, T, ep, E))) if progress is not None else None
+        on_epoch = (lambda ti, ep: report(note=f"task {ti + 1}/{T} epoch {ep + 1}/{E}")) if report is not None else None
         res = train_continual(models if len(specs) > 1 else models[0], stream, cfgs if len(specs) > 1 else cfgs[0],
                               progress=False, on_epoch=on_epoch)
         res = res if len(specs) > 1 else [res]
@@ -300,6 +324,77 @@ def pick_executor(executor=None, workers:int=None, n_jobs:int=None) -> tuple:
     if hasattr(executor, 'submit'): return executor, False, 'process' if isinstance(executor, ProcessPoolExecutor) else None, None, None
     raise TypeError(f"executor must be None, 'serial', a dask Client or an object with `submit`, got {executor!r}")
 
+# %% ../nbs/03_sweep.ipynb #b8357b07
+class Reporter:
+    "What a job calls to say where it is: `report(advance=0, note=None)`; picklable, so it goes to worker processes"
+    def __init__(self, q=None, name:str=''): self.q, self.name = q, name
+    def __call__(self, advance:float=0, note:str=None):
+        if self.q is not None: self.q.put((self.name, advance, note))
+
+class _Here:
+    "In-process progress: `put` hands the message to the bar at once"
+    def __init__(self, handle): self.handle = handle
+    def put(self, msg): self.handle(msg)
+
+def _call(fn, job:dict, report, threads):
+    "A job in a worker: its torch thread count, then `fn(job, report)`"
+    if threads: torch.set_num_threads(threads)
+    return fn(job, report)
+
+def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bool=True, desc:str='', unit:str='job',
+             total:float=None, initial:float=0) -> int:
+    "The one run loop: `fn(job, report)` for every job here or on an executor, `commit(job, result, error)` here as each ends; the number that failed"
+    names = [j['name'] for j in jobs]
+    if len(set(names)) != len(names): raise ValueError(f"job names must be distinct, got {names}")
+    cost = lambda j: j.get('cost', 1)
+    bar = tqdm(total=initial + sum(map(cost, jobs)) if total is None else total, initial=initial, desc=desc, unit=unit,
+               disable=not progress, leave=False)
+    if not jobs: bar.close(); return 0
+    ex, owned, kind, client, threads = pick_executor(executor, workers, len(jobs))
+    moved, notes, failed = {}, {}, [0]
+    def handle(msg):
+        name, adv, note = msg
+        if adv: bar.update(adv); moved[name] = moved.get(name, 0) + adv
+        if note is not None:
+            notes[name] = note; bar.set_postfix_str('; '.join(f"{n} {t}" for n, t in list(notes.items())[-2:]), refresh=True)
+    def finish(job, result, error):
+        bar.update(cost(job) - moved.pop(job['name'], 0)); notes.pop(job['name'], None)
+        failed[0] += error is not None
+        commit(job, result, error)
+    chan = _Channel(kind if progress else None, client)
+    try:
+        if isinstance(ex, _Direct):            # in this process: one job at a time, committed as it finishes
+            for j in jobs:
+                try: r, err = _call(fn, j, Reporter(_Here(handle) if progress else None, j['name']), threads), None
+                except Exception: r, err = None, traceback.format_exc()
+                finish(j, r, err)
+        else:
+            pending = {ex.submit(_call, fn, j, Reporter(chan.q, j['name']), threads): j for j in jobs}
+            while pending:
+                done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                for msg in chan.drain(): handle(msg)
+                for f in done:
+                    j = pending.pop(f)
+                    try: r, err = f.result(), None
+                    except Exception: r, err = None, traceback.format_exc()
+                    finish(j, r, err)
+    except BaseException:
+        if owned: ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close(); chan.close()
+    if owned: ex.shutdown()
+    return failed[0]
+
+class ModelCache:
+    "Trained weights (any `torch.save`-able object) by name, one file each in `folder`, never half-written"
+    def __init__(self, folder): self.folder = Path(folder); self.folder.mkdir(parents=True, exist_ok=True)
+    def path(self, name:str) -> Path: return self.folder/f"{name}.pt"
+    def __contains__(self, name:str) -> bool: return self.path(name).exists()
+    def load(self, name:str): return torch.load(self.path(name))
+    def save(self, name:str, obj):
+        tmp = self.folder/f".{name}.pt.tmp"; torch.save(obj, tmp); tmp.replace(self.path(name))
+
 # %% ../nbs/03_sweep.ipynb #48c9eaab
 def _cost(job) -> float:
     "Rough work of a job: runs × (width² + width·64) per layer; enough to balance jobs across workers"
@@ -331,51 +426,24 @@ def run_sweep(sweep, store:ResultStore, executor=None, workers:int=None, batch='
     runs = sweep.runs()
     done = store.done()
     todo = [r for r in runs if r.run_id not in done]
-    ex, owned, kind, client, threads = pick_executor(executor, workers)
     n_workers = (workers or os.cpu_count() or 1) if executor is None else (
-        len(client.scheduler_info()['workers']) if client else (workers or 1))
-    jobs = _jobs(todo, batch, n_workers)
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"sweep {sweep.name}", disable=not progress)
-    where = {}
-    def show():
-        bar.set_postfix_str('; '.join(f"{ids[0][:6]}…(+{len(ids) - 1}) task {t + 1}/{T} epoch {e + 1}/{E}"
-                                      for ids, t, T, e, E in list(where.values())[-2:]), refresh=True)
-    chan = _Channel(kind if progress else None, client)
-    chan_q = _BarQueue(where, show) if progress and kind == 'local' else chan.q
-    def commit(job, recs):
+        len(executor.scheduler_info()['workers']) if hasattr(executor, 'scheduler_info') else (workers or 1))
+    jobs = [dict(name=f"{job[0].run_id[:6]}…(+{len(job) - 1})", specs=[r.to_dict() for r in job], cost=len(job))
+            for job in _jobs(todo, batch, n_workers)]
+    def commit(job, recs, error):
+        if error is not None: recs = [_record(RunSpec.from_dict(s), 'failed', error=error) for s in job['specs']]
         for rec in recs: store.put(rec, sweep.name)
-        where.pop(tuple(r.run_id for r in job), None)
-        bar.update(len(recs))
-    try:
-        if isinstance(ex, _Direct):            # in this process: one job at a time, committed as it finishes
-            for job in jobs: commit(job, run_group([r.to_dict() for r in job], chan_q, threads))
-        else:
-            pending = {ex.submit(run_group, [r.to_dict() for r in job], chan_q, threads): job for job in jobs}
-            while pending:
-                finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
-                msgs = chan.drain()
-                for msg in msgs: where[tuple(msg[0])] = msg
-                if msgs: show()                 # redraw only on news, so logs are not flooded
-                for f in finished:
-                    job = pending.pop(f)
-                    try: recs = f.result()
-                    except Exception: recs = [_record(r, 'failed', error=traceback.format_exc()) for r in job]
-                    commit(job, recs)
-    except BaseException:
-        if owned: ex.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        bar.close(); chan.close()
-    if owned: ex.shutdown()
+    run_jobs(jobs, _sweep_job, commit, executor, workers, progress, desc=f"sweep {sweep.name}", unit='run',
+             total=len(runs), initial=len(runs) - len(todo))
     failed = [r for r in runs if r.run_id not in store.done()]
     if failed: print(f"{len(failed)} of {len(runs)} runs failed; their errors are in the store (status 'failed'); "
                      f"running the sweep again retries them")
     return store.df(sweep)
 
-class _BarQueue:
-    "In-process progress: `put` updates the bar directly"
-    def __init__(self, where, show): self.where, self.show = where, show
-    def put(self, msg): self.where[tuple(msg[0])] = msg; self.show()
+def _sweep_job(job:dict, report) -> list:
+    "A sweep's job in a worker: its group of runs, one record each"
+    return run_group(job['specs'], report)
+
 
 # %% ../nbs/03_sweep.ipynb #07de42a7
 def summarize(df:pd.DataFrame, by:list, value) -> pd.DataFrame:
