@@ -7,7 +7,6 @@ Docs: https://cl-scale.github.io/cl_scale/fusion_experiments.html.md"""
 # %% ../nbs/24_fusion_experiments.ipynb #a684bcba
 from __future__ import annotations
 import json, math, multiprocessing, os, time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
@@ -22,7 +21,7 @@ from .claims import Claim, K_SE, difference, paired
 from .data import load_dataset, stratified_subset
 from functools import partial
 from .param import fit, cosine_factor
-from .sweep import pick_executor
+from .sweep import run_jobs, ModelCache, ResultStore, run_store, RESULTS_DB
 from .models import ViT
 from .fusion import fuse, vanilla_average, model_output, parse_tokens
 from .alignment import layer_diagnostics, plot_alignment
@@ -31,7 +30,7 @@ from .alignment import layer_diagnostics, plot_alignment
 __all__ = ['METHODS', 'FUSION_CHANCE', 'TITLE', 'TABLES', 'FusionSuite', 'fusion_splits', 'random_shift', 'lr_factor',
            'train_classifier', 'accuracy', 'ensemble_accuracy', 'train_models', 'oneshot_grid', 'choose', 'k_pairs',
            'paired_claim', 'fusion_claims', 'survives_uniform', 'oneshot_table', 'budget_table', 'plot_fusion',
-           'plot_curves', 'fusion_claims_from', 'run_fusion']
+           'plot_curves', 'fusion_table', 'fusion_claims_from', 'run_fusion']
 
 # %% ../nbs/24_fusion_experiments.ipynb #358a3ecd
 @dataclass
@@ -147,53 +146,42 @@ def ensemble_accuracy(models, x, y) -> float:
 # %% ../nbs/24_fusion_experiments.ipynb #e55532e3
 _RECIPE = ('bs', 'warmup', 'shift', 'fill')
 
-def _train_job(job:dict, on_epoch=None) -> dict:
+def _train_job(job:dict, report=None) -> dict:
     "Train one ViT (in a worker process or in this one); returns {'state': state dict, 'curve': validation accuracy per epoch}"
-    if job.get('threads'): torch.set_num_threads(job['threads'])
     torch.manual_seed(job['seed'])
     m = ViT(**job['vit'])
     if job.get('init') is not None: m.load_state_dict(job['init'])
     curve = []
     def epoch_done(ep):
         if job.get('x_val') is not None: curve.append(accuracy(m, job['x_val'], job['y_val']))
-        if on_epoch: on_epoch()
+        if report is not None: report(advance=1)
     train_classifier(m, job['x'], job['y'], job['epochs'], job['lr'], job['seed'], on_epoch=epoch_done,
                      **{k: job[k] for k in _RECIPE if job.get(k) is not None})
     return dict(state=m.state_dict(), curve=curve)
 
-def _pool(executor, workers, n_jobs):
-    "(pool, owned, threads per job) from the sweeps' executor choice (`sweep.pick_executor`); pool None: train in this process"
-    ex, owned, kind, _, threads = pick_executor(executor, workers, n_jobs)
-    return (None, False, None) if kind == 'local' else (ex, owned, threads)
-
-def _load(path):
-    r = torch.load(path)
+def _load(cache:ModelCache, name:str):
+    r = cache.load(name)
     return r if 'state' in r else dict(state=r, curve=[])          # a bare state dict: saved by an earlier version
 
-def train_models(jobs:list, cache, executor=None, workers:int=None, progress:bool=True, desc:str='training', curves:dict=None) -> dict:
-    "Train the ViTs of `jobs` (dicts: name, vit, seed, epochs, lr, x, y; optional init, x_val/y_val, bs, warmup, shift, fill); {name: state dict}, cached in `cache`"
-    cache = Path(cache); cache.mkdir(parents=True, exist_ok=True)
+def _job_spec(job:dict) -> dict:
+    "What defines a trained parent, as plain data (the data tensors and the initial weights left out)"
+    return {k: v for k, v in job.items() if k not in ('x', 'y', 'x_val', 'y_val', 'init', 'cost') and not isinstance(v, torch.Tensor)}
+
+def train_models(jobs:list, cache, executor=None, workers:int=None, progress:bool=True, desc:str='training', curves:dict=None,
+                 store=None) -> dict:
+    "Train the ViTs of `jobs` (dicts: name, vit, seed, epochs, lr, x, y; optional init, x_val/y_val, bs, warmup, shift, fill) through `run_jobs`; {name: state dict}, cached in `cache`"
+    cache = cache if isinstance(cache, ModelCache) else ModelCache(cache)
     names = [j['name'] for j in jobs]
     if len(set(names)) != len(names): raise ValueError(f"job names must be distinct, got {names}")
-    out = {j['name']: _load(cache/f"{j['name']}.pt") for j in jobs if (cache/f"{j['name']}.pt").exists()}
-    todo = [j for j in jobs if j['name'] not in out]
-    bar = tqdm(total=sum(j['epochs'] for j in jobs), initial=sum(j['epochs'] for j in jobs if j['name'] in out),
-               desc=desc, unit='epoch', disable=not progress, leave=False)
-    def keep(j, r):
-        tmp = cache/f".{j['name']}.pt.tmp"; torch.save(r, tmp); tmp.replace(cache/f"{j['name']}.pt")   # never half-written
-        out[j['name']] = r
-    pool, owned, threads = _pool(executor, workers, len(todo))
-    try:
-        if pool is None:
-            for j in todo: keep(j, _train_job(j, on_epoch=lambda: bar.update(1)))
-        else:
-            futs = {pool.submit(_train_job, {**j, 'threads': threads}): j for j in todo}
-            for f in as_completed(futs): keep(futs[f], f.result()); bar.update(futs[f]['epochs'])
-    except BaseException:
-        if owned: pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally: bar.close()
-    if owned: pool.shutdown()
+    out = {n: _load(cache, n) for n in names if n in cache}
+    todo = [{**j, 'cost': j['epochs']} for j in jobs if j['name'] not in out]
+    def commit(job, r, error):
+        if error is not None: raise RuntimeError(f"training {job['name']} failed:\n{error}")
+        cache.save(job['name'], r); out[job['name']] = r
+        if store is not None:            # the learning curve, in the run's one results store; the weights stay in the cache
+            store.put(dict(run_id=f"fusion:{job['name']}", spec=_job_spec(job), status='done', result=dict(curve=r['curve'])), 'fusion_parents')
+    run_jobs(todo, _train_job, commit, executor, workers, progress, desc, unit='epoch',
+             initial=sum(j['epochs'] for j in jobs if j['name'] in out))
     if curves is not None: curves.update({n: out[n]['curve'] for n in names})
     return {n: out[n]['state'] for n in names}
 
@@ -382,19 +370,33 @@ def plot_curves(curves:dict, title:str='learning curves'):
 TITLE = 'Transformer fusion at a scale that can speak: one-shot fusion with its controls, alignment per layer, equal-budget finetunes'
 TABLES = ['fusion_oneshot.csv', 'fusion_finetune.csv', 'fusion_hetero.csv', 'fusion_diagnostics.csv', 'fusion_wide.csv']
 
-def fusion_claims_from(out) -> list:
-    "The fusion claims computed from the tables `run_fusion` saved in `out`"
+def fusion_table(out, name:str) -> pd.DataFrame:
+    "A fusion result table of a run folder: from its results store, or (a folder of exports, like `nbs/data`) its CSV"
     out = Path(out)
-    het = pd.read_csv(out/'fusion_hetero.csv') if (out/'fusion_hetero.csv').exists() else None
-    return fusion_claims(pd.read_csv(out/'fusion_oneshot.csv'), pd.read_csv(out/'fusion_finetune.csv'), het)
+    if (out/RESULTS_DB).exists():
+        st = ResultStore(out/RESULTS_DB)
+        if name in st.tables(): return st.table(name)
+    return pd.read_csv(out/f'{name}.csv')
+
+def fusion_claims_from(out) -> list:
+    "The fusion claims of a run folder (its store, or its CSV exports)"
+    out = Path(out)
+    has = lambda n: (out/f'{n}.csv').exists() or ((out/RESULTS_DB).exists() and n in ResultStore(out/RESULTS_DB).tables())
+    het = fusion_table(out, 'fusion_hetero') if has('fusion_hetero') else None
+    return fusion_claims(fusion_table(out, 'fusion_oneshot'), fusion_table(out, 'fusion_finetune'), het)
 
 def _eval(m, D) -> dict: return dict(val=accuracy(m, D['x_val'], D['y_val']), test=accuracy(m, D['x_te'], D['y_te']))
 
 # %% ../nbs/24_fusion_experiments.ipynb #c86f63f1
+def _export(store, out:Path, name:str, df:pd.DataFrame) -> pd.DataFrame:
+    "A result table into the run's store, its CSV export beside it; the table as stored"
+    store.put_table(name, df); df.to_csv(out/f'{name}.csv', index=False)
+    return store.table(name)
+
 def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress:bool=True) -> dict:
     "Train the parents, fuse every pair one-shot with every control, diagnose the alignment, finetune at equal budgets; {tables, figures, notes}"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    s, times, curves = suite, {}, {}
+    s, times, curves, store = suite, {}, {}, run_store(out)         # the run folder's one results store
     D = fusion_splits(s.dataset, s.n_val, s.n_calib, s.n_train, test_frac=s.test_frac, root=s.data_root)
     isz, ch, P, cache = D['image_size'], D['channels'], s.pairs, out/'fusion_models'
     vit, wvit = s.vit(image_size=isz, in_channels=ch), (s.vit(s.wide, isz, ch) if s.wide else None)
@@ -402,7 +404,7 @@ def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress
     job = lambda name, cfg, seed, epochs, lr, init=None: dict(recipe, name=name, vit=cfg, seed=seed, epochs=epochs, lr=lr, init=init)
     def model(sd, cfg=vit): m = ViT(**cfg); m.load_state_dict(sd); return m.eval()
     def train(jobs, desc):
-        sds = train_models(jobs, cache, executor, workers, progress, desc, curves=curves)
+        sds = train_models(jobs, cache, executor, workers, progress, desc, curves=curves, store=store)
         return {j['name']: model(sds[j['name']], j['vit']) for j in jobs}
     tick = lambda k, t0: times.__setitem__(k, round(time.perf_counter() - t0, 1))
     # 1. parents
@@ -422,8 +424,7 @@ def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress
             rows.append(dict(g, pair=i, **_eval(f, D), parent_a=pa[i][0]['test'], parent_b=pa[i][1]['test'],
                              anchor_test=pa[i][g['anchor']]['test'] if g['anchor'] >= 0 else np.nan)); bar.update()
     bar.close()
-    pd.DataFrame(rows).to_csv(out/'fusion_oneshot.csv', index=False)
-    one = pd.read_csv(out/'fusion_oneshot.csv')                            # every choice below from the saved validation column
+    one = _export(store, out, 'fusion_oneshot', pd.DataFrame(rows))     # every choice below from the stored validation column
     soft = choose(one, 'sinkhorn').set_index('pair')
     reg, resid, toks = float(soft.reg.iloc[0]), soft.resid.iloc[0], soft.tokens.iloc[0]
     tick('one-shot', t0)
@@ -443,8 +444,8 @@ def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress
                 f = vanilla_average([A, B]) if o is None else fuse([A, B], anchor=anc, resid_policy=resid, tokens=toks, **fkw, **o)
                 wrows.append(dict(width=width, method=name, reg=reg if name == 'soft' else np.nan, **_eval(f, D),
                                   parent_a=accuracy(A, D['x_te'], D['y_te']), parent_b=accuracy(B, D['x_te'], D['y_te'])))
-    pd.concat(drows).to_csv(out/'fusion_diagnostics.csv', index=False)
-    pd.DataFrame(wrows, columns=['width', 'method', 'reg', 'val', 'test', 'parent_a', 'parent_b']).to_csv(out/'fusion_wide.csv', index=False)
+    _export(store, out, 'fusion_diagnostics', pd.concat(drows))
+    _export(store, out, 'fusion_wide', pd.DataFrame(wrows, columns=['width', 'method', 'reg', 'val', 'test', 'parent_a', 'parent_b']))
     fig = plot_alignment({k: v for k, v in diags.items() if not k.endswith('uniform')},
                          f"alignment per layer (λ = {reg:g}; pair 0 at width {s.width}" + (f", wide pair at {s.wide})" if W else ")"))
     fig.savefig(out/'fusion_alignment.png', dpi=110); plt.close(fig)
@@ -492,13 +493,13 @@ def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress
                                   narrow=pa[i][0]['test'], narrow_ft=r['parent_a_ft'], fused_oneshot=accuracy(het[i], D['x_te'], D['y_te']),
                                   fused_ft=hf, lr=lr_h, alone=ev[f'alone{i}']['test'] if b == max(s.budgets) else np.nan,
                                   alone_epochs=2 * s.epochs + s.ft_epochs(max(s.budgets))))
-    pd.DataFrame(frows).to_csv(out/'fusion_finetune.csv', index=False)
-    pd.DataFrame(hrows, columns=['pair', 'budget', 'epochs', 'wide', 'narrow', 'narrow_ft', 'fused_oneshot', 'fused_ft', 'lr',
-                                 'alone', 'alone_epochs']).to_csv(out/'fusion_hetero.csv', index=False)
+    ft = _export(store, out, 'fusion_finetune', pd.DataFrame(frows))
+    _export(store, out, 'fusion_hetero', pd.DataFrame(hrows, columns=['pair', 'budget', 'epochs', 'wide', 'narrow', 'narrow_ft', 'fused_oneshot',
+                                                            'fused_ft', 'lr', 'alone', 'alone_epochs']))
     tick('finetunes', t0)
     (out/'fusion_times.json').write_text(json.dumps(times, indent=1))
     (out/'fusion_curves.json').write_text(json.dumps({k: v for k, v in curves.items() if not k.startswith(('ot', 'vf', 'het'))}))
-    fig = plot_fusion(one, pd.read_csv(out/'fusion_finetune.csv')); fig.savefig(out/'fusion.png', dpi=110); plt.close(fig)
+    fig = plot_fusion(one, ft); fig.savefig(out/'fusion.png', dpi=110); plt.close(fig)
     fig = plot_curves({k: v for k, v in curves.items() if k.startswith(('parent', 'wide')) and '_ft_' not in k}, 'parents: validation accuracy per epoch')
     fig.savefig(out/'fusion_curves.png', dpi=110); plt.close(fig)
     cs = fusion_claims_from(out)

@@ -19,8 +19,8 @@ from .data import StreamConfig, TaskStream, make_stream, joint_task
 from .continual import TrainConfig, train_continual
 
 # %% auto #0
-__all__ = ['ARCHS', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'ResultStore', 'run_group', 'pick_executor', 'Reporter',
-           'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
+__all__ = ['ARCHS', 'RESULTS_DB', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'run_store', 'ResultStore', 'run_group',
+           'pick_executor', 'Reporter', 'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
 
 # %% ../nbs/03_sweep.ipynb #b22999f2
 _STREAM = dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5)
@@ -163,6 +163,13 @@ class RunList:
 _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, sweep TEXT, status TEXT, spec TEXT, result TEXT, error TEXT,
     seconds REAL, finished REAL, host TEXT)"""
+
+RESULTS_DB = 'results.db'
+
+def run_store(folder) -> ResultStore:
+    "The one results store of a run folder: `results.db` (a folder written before it had that name keeps its `sweeps.db`)"
+    folder = Path(folder); old = folder/'sweeps.db'
+    return ResultStore(old if old.exists() and not (folder/RESULTS_DB).exists() else folder/RESULTS_DB)
 
 def _jsonable(o):
     if isinstance(o, (np.floating, np.integer)): return o.item()
