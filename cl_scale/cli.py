@@ -22,12 +22,13 @@ from .cl_experiments import CLSuite, EXPERIMENTS, run_suite, select_lrs, lr_clai
 import pandas as pd
 from .dmft_experiments import DMFTSuite, EXPERIMENTS as DMFT_EXPERIMENTS, TITLES as DMFT_TITLES
 from .data import dataset_available, data_root
+from .sweep import run_store, RESULTS_DB
 from .fusion_experiments import FusionSuite, run_fusion, fusion_claims_from, TITLE as FUSION_TITLE
 
 # %% auto #0
 __all__ = ['PARTS', 'CLAIMS', 'GROUPS', 'ReproConfig', 'PartResult', 'read_table', 'coord_check_claims', 'part_coord_check',
            'part_cl_lr', 'part_fusion', 'part_fusion_cifar', 'part_names', 'claims_for', 'verdict_counts', 'md_report',
-           'html_report', 'load_part', 'write_reports', 'run_reproduce', 'connect', 'reproduce']
+           'html_report', 'save_part', 'load_part', 'write_reports', 'run_reproduce', 'connect', 'reproduce']
 
 # %% ../nbs/30_cli.ipynb #7af9d567
 @dataclass
@@ -138,7 +139,7 @@ def _cl_notes(suite:CLSuite, n:int, n_div:int, kind:str='permuted') -> str:
 
 def part_cl_lr(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
     "Run the learning-rate selection of the continual-learning suite; save its table and figure"
-    t = select_lrs(cfg.cl, out/'sweeps.db', executor=executor, workers=cfg.workers, progress=progress)
+    t = select_lrs(cfg.cl, run_store(out), executor=executor, workers=cfg.workers, progress=progress)
     t.to_csv(out/'cl_lr.csv', index=False)
     fig = plot_lr(pd.read_csv(out/'cl_lr.csv')); fig.savefig(out/'cl_lr.png', dpi=110); plt.close(fig)
     s = cfg.cl
@@ -162,7 +163,7 @@ def _cl_part(name:str):
             return PartResult(f'cl_{name}', exp.title, skipped=True,
                               notes=(f"Skipped: torchvision's CIFAR-10 was not found under {data_root(suite.data_root)!r} "
                                      f"(cl_scale never downloads; put the files there or set $CL_SCALE_DATA)."))
-        df = run_suite(suite, out/'sweeps.db', executor=executor, workers=cfg.workers, progress=progress, only=[name])[name]
+        df = run_suite(suite, run_store(out), executor=executor, workers=cfg.workers, progress=progress, only=[name])[name]
         runs = runs_table(df); runs.to_csv(out/f'cl_{name}_runs.csv', index=False)
         summary(pd.read_csv(out/f'cl_{name}_runs.csv'), exp.by).to_csv(out/f'cl_{name}.csv', index=False)
         fig = exp.plot(pd.read_csv(out/f'cl_{name}.csv')); fig.savefig(out/f'cl_{name}.png', dpi=110); plt.close(fig)
@@ -187,7 +188,7 @@ def _dmft_part(name:str):
     "The reproduce part that runs the DMFT experiment `name` of `12_dmft_experiments`"
     run = DMFT_EXPERIMENTS[name][0]
     def part(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
-        r = run(cfg.dmft, out, progress=progress)
+        r = run(cfg.dmft, out, progress=progress, executor=executor, workers=cfg.workers)
         return PartResult(f'dmft_{name}', DMFT_TITLES[name], figures=list(r['figures']), tables=list(r['tables']), notes=r['notes'])
     part.__name__ = part.__qualname__ = f'part_dmft_{name}'
     part.__doc__ = f"Run the DMFT experiment {name!r}; save its tables and figures"
@@ -373,11 +374,19 @@ def _save_json(path:Path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp"); tmp.write_text(json.dumps(obj, indent=1)); tmp.replace(path)
 
+def save_part(out, res:PartResult):
+    "Store a part's result in the run folder's store (one record, `part:<name>`, committed at once)"
+    run_store(out).put(dict(run_id=f"part:{res.name}", spec=dict(part=res.name), status='done', result=asdict(res),
+                            seconds=res.seconds), 'parts')
+
 def load_part(out, name:str) -> PartResult:
     "The result of part `name` saved in the run folder `out` (None if it never finished or failed there)"
-    f = Path(out)/'parts'/f'{name}.json'
-    if not f.exists(): return None
-    d = json.loads(f.read_text())
+    out, d = Path(out), None
+    if (out/RESULTS_DB).exists() or (out/'sweeps.db').exists():
+        d = run_store(out).results('parts').get(f"part:{name}")
+    if d is None and (out/'parts'/f'{name}.json').exists():        # a folder written before the parts were stored
+        d = json.loads((out/'parts'/f'{name}.json').read_text())
+    if d is None: return None
     return PartResult(**{**d, 'claims': [Claim.from_dict(c) for c in d['claims']]})
 
 def _finished(p:PartResult, out:Path) -> bool:
@@ -443,7 +452,7 @@ def run_reproduce(cfg:ReproConfig=None, out_dir='results', only=None, progress:b
             if n in CLAIMS: res.claims = claims_for(n, out)          # from the tables just saved, read back from disk
         except Exception: res = PartResult(n, f"{n} (failed)", error=traceback.format_exc())
         res.seconds = time.time() - t0
-        _save_json(out/'parts'/f'{n}.json', asdict(res))
+        save_part(out, res)
         parts[n] = res
         meta['seconds'] = time.time() - t_all
         write_reports(out, cfg, plan, parts, meta)

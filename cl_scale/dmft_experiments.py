@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/dmft_experiments.html.md"""
 
 # %% ../nbs/12_dmft_experiments.ipynb #e0981ca6
 from __future__ import annotations
-import json, math, time, warnings
+import hashlib, json, math, time, warnings
 from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 import numpy as np
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .dmft import similarity_problem, solve_two_layer, finite_two_layer, finite_deep, lazy_two_layer, solve_deep
 from .dmft import DMFTConvergenceWarning
 from .options import sized
+from .sweep import run_jobs, run_store
 from .claims import K_SE, REVERSAL_RULE, INTERIOR_RULE, N_BOOT, LEVEL, Claim, Check, make_claim, curve, mean_se, difference, trend
 from .claims import half_rise, crossing, rise_width, bootstrap, interval, fmt_interval, shift, overlap, u_shape, sign_of
 
@@ -115,6 +116,45 @@ def _forg(L, steps:int) -> float:
 
 def _save(df:pd.DataFrame, path:Path): df.to_csv(path, index=False, float_format='%.7g')
 
+def _dmft_job(job:dict, report=None) -> dict:
+    "One cell of a DMFT grid, in a worker or here: its loss curve and what was measured, as plain data"
+    prob = similarity_problem(job['eps'], 2, job['P'], job['D'], seed=job['problem_seed'])
+    kind, n, eta, t0 = job['kind'], job['steps'], job['eta0'], time.time()
+    if kind == 'phase':                # one problem, every γ0: the forgetting rows of the phase diagram
+        lz = _forg(lazy_two_layer(prob, n, eta), n)
+        rows = []
+        for g in job['gamma0s']:
+            r = solve_two_layer(prob, g, n, eta, S=job['S'], seed=job['seed'])
+            rows.append(dict(eps=job['eps'], gamma0=g, seed=job['seed'], forgetting=float(r.forgetting()[0]),
+                             forgetting_norm=float(r.forgetting(True)[0]), loss1_t1=float(r.loss[n, 0]),
+                             loss1_end=float(r.loss[-1, 0]), loss2_end=float(r.loss[-1, 1]), lazy_forgetting=lz,
+                             seconds=round(r.seconds, 3)))
+        return dict(rows=rows)
+    if kind == 'deep_dmft':
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', DMFTConvergenceWarning)            # recorded in the table instead
+            d = solve_deep(prob, gamma0=job['gamma0'], depth=2, steps=n, eta0=eta, S=job['width'], seed=job['seed'], **job['solver'])
+        return dict(L=d.loss.tolist(), seconds=d.seconds, converged=bool(d.converged), iterations=len(d.residuals),
+                    residual=float(d.residuals[-1]))
+    if kind == 'two_layer_dmft': L = solve_two_layer(prob, job['gamma0'], n, eta, S=job['width'], seed=job['seed']).loss
+    elif kind == 'two_layer_network': L = finite_two_layer(prob, job['width'], job['gamma0'], n, eta, seed=job['seed'], dtype=torch.float32)
+    elif kind == 'deep_network': L = finite_deep(prob, job['width'], 2, job['gamma0'], n, eta, seed=job['seed'], dtype=torch.float32)
+    else: raise ValueError(f"unknown DMFT job kind {kind!r}")
+    return dict(L=np.asarray(L).tolist(), seconds=time.time() - t0)
+
+def _run_grid(grid:str, jobs:list, out:Path, store=None, executor=None, workers:int=None, progress:bool=True) -> list:
+    "The cells of a DMFT grid through the run layer (`run_jobs`), each stored in the run folder's store as it ends, so a rerun resumes; results in job order"
+    store = store if store is not None else run_store(out)
+    for j in jobs: j['name'] = f"{grid}:" + hashlib.sha1(json.dumps(j, sort_keys=True).encode()).hexdigest()[:16]
+    have = store.results(grid)
+    def commit(job, r, error):
+        if error is not None: raise RuntimeError(f"the DMFT grid {grid!r} failed at {job}:\n{error}")
+        store.put(dict(run_id=job['name'], spec={k: v for k, v in job.items() if k != 'name'}, status='done', result=r,
+                       seconds=r.get('seconds', math.nan)), grid)
+    run_jobs([j for j in jobs if j['name'] not in have], _dmft_job, commit, executor, workers, progress, desc=grid.replace('_', ' '))
+    have = store.results(grid)                                              # every result as stored (JSON), fresh or resumed
+    return [have[j['name']] for j in jobs]
+
 def read_tables(out, names, prefix:str='') -> dict:
     "The CSV tables `names` (file names without '.csv', after `prefix`) of a run folder, as DataFrames by name"
     out = Path(out)
@@ -178,7 +218,7 @@ def loglog_slope(x, y) -> float:
 # %% ../nbs/12_dmft_experiments.ipynb #073b2f35
 TWO_LAYER_TABLES = ('dmft_two_layer_curves', 'dmft_two_layer_runs')
 
-def run_two_layer(suite:DMFTSuite, out, progress:bool=True) -> dict:
+def run_two_layer(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None) -> dict:
     "Finite two-layer μP networks against independent particle-solver runs, and the solver against the lazy closed form"
     s, out = suite, Path(out); out.mkdir(parents=True, exist_ok=True)
     prob = similarity_problem(s.two_layer_eps, 2, s.two_layer_P, s.two_layer_D, seed=s.problem_seed)
@@ -188,15 +228,14 @@ def run_two_layer(suite:DMFTSuite, out, progress:bool=True) -> dict:
         meta = dict(kind=kind, width=int(width), gamma0=float(gamma0), seed=int(seed))
         curves.extend(_curve_rows(meta, L))
         runs.append(dict(meta, forgetting=_forg(L, n), loss1_t1=float(L[n, 0]), loss2_end=float(L[-1, 1]), seconds=round(secs, 3)))
-    jobs = ([('dmft', s.two_layer_S_ref, g0, SOLVER_SEED0 + r) for r in range(s.two_layer_n_ref)] +
-            [('dmft', s.lazy_S, s.lazy_gamma0, SOLVER_SEED0 + s.two_layer_n_ref + r) for r in range(s.lazy_n)] +
-            [('network', N, g0, sd) for N in s.two_layer_widths for sd in range(s.two_layer_seeds)])
+    cells = ([('dmft', s.two_layer_S_ref, g0, SOLVER_SEED0 + r) for r in range(s.two_layer_n_ref)] +
+             [('dmft', s.lazy_S, s.lazy_gamma0, SOLVER_SEED0 + s.two_layer_n_ref + r) for r in range(s.lazy_n)] +
+             [('network', N, g0, sd) for N in s.two_layer_widths for sd in range(s.two_layer_seeds)])
+    base = dict(eps=s.two_layer_eps, P=s.two_layer_P, D=s.two_layer_D, problem_seed=s.problem_seed, steps=n, eta0=eta)
+    jobs = [dict(base, kind=f'two_layer_{kind}', width=N, gamma0=g, seed=sd) for kind, N, g, sd in cells]
     t0 = time.time(); add('closed_form', 0, 0.0, -1, lazy_two_layer(prob, n, eta), time.time() - t0)
-    for kind, N, g, sd in tqdm(jobs, desc='DMFT two-layer', disable=not progress, leave=False):
-        t0 = time.time()
-        L = (solve_two_layer(prob, g, n, eta, S=N, seed=sd).loss if kind == 'dmft' else
-             finite_two_layer(prob, N, g, n, eta, seed=sd, dtype=torch.float32))
-        add(kind, N, g, sd, L, time.time() - t0)
+    for (kind, N, g, sd), r in zip(cells, _run_grid('dmft_two_layer', jobs, out, store, executor, workers, progress)):
+        add(kind, N, g, sd, np.array(r['L']), r['seconds'])
     _save(pd.DataFrame(curves), out/'dmft_two_layer_curves.csv'); _save(pd.DataFrame(runs), out/'dmft_two_layer_runs.csv')
     _save_suite(s, out)
     fig = plot_two_layer(out); fig.savefig(out/'dmft_two_layer.png', dpi=110); plt.close(fig)
@@ -313,20 +352,13 @@ RICH_GAMMA0 = 1.0       # the rich regime: γ0 ≥ this
 ZERO_FRAC = 0.1         # "≈ 0": below this fraction of the largest mean forgetting over ε at the same γ0
 SHARP_DECADES = 1.0     # a rise from 20 % to 80 % within this many decades of γ0 is sharp
 
-def run_phase(suite:DMFTSuite, out, progress:bool=True) -> dict:
+def run_phase(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None) -> dict:
     "Two-layer DMFT forgetting over γ0 × ε, several problem seeds (each draws inputs, teacher and particles)"
     s, out = suite, Path(out); out.mkdir(parents=True, exist_ok=True)
-    n, rows = s.phase_steps, []
-    for e, sd in tqdm([(e, sd) for e in s.phase_eps for sd in range(s.phase_seeds)], desc='DMFT phase',
-                      disable=not progress, leave=False):
-        prob = similarity_problem(e, 2, s.phase_P, s.phase_D, seed=sd)
-        lz = _forg(lazy_two_layer(prob, n, s.phase_eta0), n)
-        for g in s.phase_gamma0s:
-            r = solve_two_layer(prob, g, n, s.phase_eta0, S=s.phase_S, seed=sd)
-            rows.append(dict(eps=e, gamma0=g, seed=sd, forgetting=float(r.forgetting()[0]),
-                             forgetting_norm=float(r.forgetting(True)[0]), loss1_t1=float(r.loss[n, 0]),
-                             loss1_end=float(r.loss[-1, 0]), loss2_end=float(r.loss[-1, 1]), lazy_forgetting=lz,
-                             seconds=round(r.seconds, 3)))
+    n = s.phase_steps
+    jobs = [dict(kind='phase', eps=e, P=s.phase_P, D=s.phase_D, problem_seed=sd, seed=sd, steps=n, eta0=s.phase_eta0,
+                 S=s.phase_S, gamma0s=list(s.phase_gamma0s)) for e in s.phase_eps for sd in range(s.phase_seeds)]
+    rows = [row for r in _run_grid('dmft_phase', jobs, out, store, executor, workers, progress) for row in r['rows']]
     _save(pd.DataFrame(rows), out/'dmft_phase.csv'); _save_suite(s, out)
     fig = plot_phase(out); fig.savefig(out/'dmft_phase.png', dpi=110); plt.close(fig)
     return dict(figures=['dmft_phase.png'], tables=['dmft_phase.csv'],
@@ -466,7 +498,7 @@ def plot_phase(src, prefix:str='', n_boot:int=500):
 # %% ../nbs/12_dmft_experiments.ipynb #233beb96
 DEEP_TABLES = ('dmft_deep_curves', 'dmft_deep_runs')
 
-def run_deep(suite:DMFTSuite, out, progress:bool=True) -> dict:
+def run_deep(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None) -> dict:
     "Depth-2 μP networks of growing width against the two-time DMFT (`solve_deep`) over a γ0 × ε grid"
     s, out = suite, Path(out); out.mkdir(parents=True, exist_ok=True)
     n, eta, curves, runs = s.deep_steps, s.deep_eta0, [], []
@@ -476,19 +508,16 @@ def run_deep(suite:DMFTSuite, out, progress:bool=True) -> dict:
         runs.append(dict(meta, forgetting=_forg(L, n), loss1_t1=float(L[n, 0]), loss2_end=float(L[-1, 1]), **extra,
                          seconds=round(secs, 3)))
     cells = [(e, g) for e in s.deep_eps for g in s.deep_gamma0s]
-    for e, g in tqdm(cells, desc='DMFT deep', disable=not progress, leave=False):
-        prob = similarity_problem(e, 2, s.deep_P, s.deep_D, seed=s.problem_seed)
-        for r in range(s.deep_solver_seeds):
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore', DMFTConvergenceWarning)            # recorded in the table instead
-                d = solve_deep(prob, gamma0=g, depth=2, steps=n, eta0=eta, S=s.deep_S, seed=SOLVER_SEED0 + r, **s.deep_solver)
-            add('dmft', e, g, s.deep_S, SOLVER_SEED0 + r, d.loss, d.seconds, converged=bool(d.converged),
-                iterations=len(d.residuals), residual=float(d.residuals[-1]))
-        for N in s.deep_widths:
-            for sd in range(s.deep_seeds):
-                t0 = time.time()
-                L = finite_deep(prob, N, 2, g, n, eta, seed=sd, dtype=torch.float32)
-                add('network', e, g, N, sd, L, time.time() - t0, converged=True, iterations=0, residual=0.0)
+    base = dict(P=s.deep_P, D=s.deep_D, problem_seed=s.problem_seed, steps=n, eta0=eta)
+    todo = [('dmft', e, g, s.deep_S, SOLVER_SEED0 + r) for e, g in cells for r in range(s.deep_solver_seeds)] + \
+           [('network', e, g, N, sd) for e, g in cells for N in s.deep_widths for sd in range(s.deep_seeds)]
+    todo.sort(key=lambda t: cells.index((t[1], t[2])))                     # cell by cell, solver runs first (the table's order)
+    jobs = [dict(base, kind=f'deep_{k}', eps=e, gamma0=g, width=N, seed=sd, **(dict(solver=dict(s.deep_solver)) if k == 'dmft' else {}))
+            for k, e, g, N, sd in todo]
+    for (k, e, g, N, sd), r in zip(todo, _run_grid('dmft_deep', jobs, out, store, executor, workers, progress)):
+        if k == 'dmft': add('dmft', e, g, N, sd, np.array(r['L']), r['seconds'], converged=r['converged'], iterations=r['iterations'],
+                            residual=r['residual'])
+        else: add('network', e, g, N, sd, np.array(r['L']), r['seconds'], converged=True, iterations=0, residual=0.0)
     _save(pd.DataFrame(curves), out/'dmft_deep_curves.csv'); _save(pd.DataFrame(runs), out/'dmft_deep_runs.csv')
     _save_suite(s, out)
     fig = plot_deep_curves(out); fig.savefig(out/'dmft_deep_curves.png', dpi=110); plt.close(fig)

@@ -220,6 +220,13 @@ class ResultStore:
 
     def __len__(self): return self._rows('SELECT COUNT(*) FROM runs')[0][0]
 
+    def delete(self, run_id:str):
+        "Forget one record (its run, cell or part runs again next time)"
+        con = self._con()
+        try:
+            with con: con.execute('DELETE FROM runs WHERE run_id=?', (run_id,))
+        finally: con.close()
+
     def results(self, sweep:str) -> dict:
         "{run_id: result} of the finished runs of one sweep (or DMFT grid, or fusion stage)"
         return {r: json.loads(res) for r, res in self._rows("SELECT run_id, result FROM runs WHERE status='done' AND sweep=?", (sweep,))}
@@ -244,7 +251,7 @@ class ResultStore:
         return sorted(r[0][len('table_'):] for r in self._rows("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'table_%'"))
 
     def df(self, sweep=None, status:str='done') -> pd.DataFrame:
-        "The runs (of a sweep: its name, or the `Sweep`/`RunList` itself) as a DataFrame: spec fields, metrics, feature metrics, divergence, matrices"
+        "The continual-learning runs (of a sweep: its name, or the `Sweep`/`RunList` itself) as a DataFrame: spec fields, metrics, feature metrics, divergence, matrices"
         q, a = 'SELECT run_id, sweep, status, spec, result, error, seconds FROM runs WHERE 1=1', []
         if isinstance(sweep, str): q += ' AND sweep=?'; a.append(sweep)
         if status is not None: q += ' AND status=?'; a.append(status)
@@ -253,6 +260,7 @@ class ResultStore:
         for rid, sw, st, spec, result, error, secs in self._rows(q, a):
             if ids is not None and rid not in ids: continue
             spec, res = json.loads(spec), json.loads(result) or {}
+            if 'stream' not in spec: continue             # a record of another kind (a DMFT cell, a fusion parent): not a run
             r = dict(run_id=rid, sweep=sw, status=st, seconds=secs, error=error)
             r.update({k: v for k, v in spec.items() if k not in ('stream', 'train')})
             r.update({f"stream.{k}": v for k, v in spec['stream'].items()})
@@ -298,16 +306,12 @@ class _Direct:
     def shutdown(self, wait=True, cancel_futures=False): pass
 
 class _Channel:
-    "Progress messages from worker processes: a multiprocessing manager queue, or a Dask queue"
-    def __init__(self, kind, client=None):
-        self.kind, self.mgr, self.q = kind, None, None
+    "Progress messages from local worker processes (a multiprocessing manager queue); none for other executors"
+    def __init__(self, kind):
+        self.mgr, self.q = None, None
         if kind == 'process': self.mgr = multiprocessing.get_context('spawn').Manager(); self.q = self.mgr.Queue()
-        elif kind == 'dask':
-            from distributed import Queue
-            self.q = Queue(client=client)
     def drain(self) -> list:
         if self.q is None: return []
-        if self.kind == 'dask': return list(self.q.get(batch=True)) if self.q.qsize() else []
         out = []
         while True:
             try: out.append(self.q.get_nowait())
@@ -368,7 +372,7 @@ def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bo
         bar.update(cost(job) - moved.pop(job['name'], 0)); notes.pop(job['name'], None)
         failed[0] += error is not None
         commit(job, result, error)
-    chan = _Channel(kind if progress else None, client)
+    chan = _Channel(kind if progress else None)           # local processes report; on Dask the bar moves as jobs end
     try:
         if isinstance(ex, _Direct):            # in this process: one job at a time, committed as it finishes
             for j in jobs:

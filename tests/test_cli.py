@@ -92,17 +92,26 @@ def test_claims_are_computed_from_the_saved_tables(run, results):
             assert c['measured'].replace('|', '\\|') in md
 
 def test_changed_numbers_change_the_verdict(run, tmp_path):
-    "The verdicts follow the CSV: make vanilla averaging win one-shot and the fusion claim flips"
+    "The verdicts follow the stored table: make vanilla averaging win one-shot and the fusion claim flips"
     r = _copy(run, tmp_path)
-    one = pd.read_csv(r/'fusion_oneshot.csv')
+    st = sweep.run_store(r)
+    one = st.table('fusion_oneshot')
     one.loc[one.method == 'vanilla', 'test'] = 1.0
-    one.to_csv(r/'fusion_oneshot.csv', index=False)
+    st.put_table('fusion_oneshot', one)
     c = claims_for('fusion', r)[0]
     assert not c.agrees and 'vanilla 100.0%' in c.measured
 
+def test_a_folder_of_exports_gives_the_same_claims(run, tmp_path):
+    "Without the store (a folder of CSV exports, like nbs/data), the fusion claims are computed from the CSVs, identically"
+    r = _copy(run, tmp_path)
+    (r/'results.db').unlink()
+    assert [asdict(c) for c in claims_for('fusion', r)] == [asdict(c) for c in claims_for('fusion', run)]
+
 def test_resume_recomputes_nothing(run, tmp_path, monkeypatch):
     r = _copy(run, tmp_path)
-    stamp = {f: f.stat().st_mtime_ns for f in r.rglob('*') if f.is_file() and f.suffix in ('.csv', '.png', '.pt', '.db')}
+    stamp = {f: f.stat().st_mtime_ns for f in r.rglob('*') if f.is_file() and f.suffix in ('.csv', '.png', '.pt')}
+    rows = lambda: dict(sweep.run_store(r)._rows("SELECT run_id, finished FROM runs WHERE sweep != 'parts'"))
+    stored = rows()
     called = []
     for n in list(cli.PARTS):
         if not n.endswith('cifar'): monkeypatch.setitem(cli.PARTS, n, lambda *a, n=n, **k: called.append(n))
@@ -110,6 +119,7 @@ def test_resume_recomputes_nothing(run, tmp_path, monkeypatch):
     assert reproduce(resume=str(r), workers=1) == 1           # the CLI: the broken part is retried and fails again
     assert called == []
     assert {f: f.stat().st_mtime_ns for f in stamp} == stamp
+    assert stored and rows() == stored                         # no run, cell or parent stored again
     res = json.loads((r/'results.json').read_text())
     assert res['meta']['resumed'] and all(p['reused'] for p in res['parts'] if p['name'] not in ('broken', 'cl_cifar', 'fusion_cifar'))
     assert load_part(r, 'cl_cifar').skipped and load_part(r, 'fusion_cifar').skipped   # a skipped part looks again for its data, and skips again
@@ -117,7 +127,7 @@ def test_resume_recomputes_nothing(run, tmp_path, monkeypatch):
 def test_resumed_parts_reuse_their_sweeps_and_models(run, tmp_path, monkeypatch):
     "A part killed before it finished runs again, but its finished sweep runs and trained models are not recomputed"
     r = _copy(run, tmp_path)
-    for n in ('cl_gamma', 'fusion'): (r/'parts'/f'{n}.json').unlink()
+    for n in ('cl_gamma', 'fusion'): sweep.run_store(r).delete(f'part:{n}')
     (r/'fusion_finetune.csv').unlink()
     def no_training(*a, **k): raise AssertionError("recomputed something that was saved")
     monkeypatch.setattr(sweep, 'run_group', no_training)
@@ -130,7 +140,7 @@ def test_resume_over_a_dask_cluster(run, tmp_path):
     "`--cluster ADDRESS`: the fusion training of a resumed run goes to a Dask scheduler"
     distributed = pytest.importorskip('distributed')
     r = _copy(run, tmp_path)
-    (r/'parts'/'fusion.json').unlink(); shutil.rmtree(r/'fusion_models')
+    sweep.run_store(r).delete('part:fusion'); shutil.rmtree(r/'fusion_models')
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
         reproduce(resume=str(r), only='fusion', cluster=lc.scheduler_address)
     res = json.loads((r/'results.json').read_text())
@@ -152,10 +162,10 @@ def test_killed_run_resumes(tmp_path, monkeypatch):
             time.sleep(0.2)
     finally: os.kill(p.pid, signal.SIGKILL); p.wait()
     run = next(tmp_path.glob('*/'))
-    assert not (run/'parts'/'fusion.json').exists() and (run/'config.json').exists()
+    assert load_part(run, 'fusion') is None and (run/'config.json').exists()
     trained = []
     real = fx._train_job
-    monkeypatch.setattr(fx, '_train_job', lambda job, **k: trained.append(job['name']) or real(job, **k))
+    monkeypatch.setattr(fx, '_train_job', lambda job, report=None: trained.append(job['name']) or real(job, report))
     run_reproduce(resume=run, progress=False)
     assert 'parent0' not in trained and 'parent1' in trained
     assert load_part(run, 'fusion').error is None and (run/'report.html').exists()

@@ -57,3 +57,21 @@ def test_deep_verdict_follows_the_saved_forgetting(runs, tmp_path):
     r.loc[r.kind == 'network', 'forgetting'] += 1.0
     for k, v in t.items(): v.to_csv(tmp_path/f'{k}.csv', index=False)
     assert deep_claims(tmp_path, n_boot=200)[0].verdict == 'disagrees'
+
+def _no_seconds(df): return df.drop(columns=[c for c in df.columns if c == 'seconds'])
+
+@pytest.mark.parametrize('name', list(EXPERIMENTS))
+def test_grids_run_through_the_run_layer_serial_equals_pool_and_resume(runs, name, tmp_path):
+    "The cells of a grid go through run_jobs into the run folder's store: the same tables on a pool and here, and a rerun recomputes nothing"
+    from cl_scale.sweep import run_store
+    d, res = runs[name]
+    EXPERIMENTS[name][0](TINY, tmp_path, progress=False, executor='serial')
+    for t in res['tables']:
+        pd.testing.assert_frame_equal(_no_seconds(pd.read_csv(d/t)), _no_seconds(pd.read_csv(tmp_path/t)))
+    store = run_store(tmp_path)
+    before = dict(store._rows('SELECT run_id, finished FROM runs'))
+    assert before and all(k.startswith(f'dmft_{name}:') for k in before)
+    EXPERIMENTS[name][0](TINY, tmp_path, progress=False, executor='serial')
+    assert dict(store._rows('SELECT run_id, finished FROM runs')) == before                  # resumed: nothing recomputed
+    for t in res['tables']:
+        pd.testing.assert_frame_equal(_no_seconds(pd.read_csv(d/t)), _no_seconds(pd.read_csv(tmp_path/t)))
