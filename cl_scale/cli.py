@@ -46,6 +46,11 @@ class ReproConfig:
     fusion: FusionSuite = field(default_factory=FusionSuite)   # the fusion experiment (see `24_fusion_experiments`)
     workers: int = None                   # processes for the sweeps and the fusion training (default: one per core)
 
+    def __post_init__(self):
+        w = self.workers
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"workers must be an integer >= 1 (or None: one per core), got {w!r}")
+
     @classmethod
     def make(cls, quick:bool=True, cl:dict=None, dmft:dict=None, fusion:dict=None, **kw):
         "The quick or the full settings, with any field overridden by `kw` (fields of the three suites by the dicts `cl`, `dmft`, `fusion`)"
@@ -484,7 +489,7 @@ def reproduce(
     client = connect(cluster) if cluster else None
     try:
         cfg = ReproConfig.make(quick=quick, workers=workers) if resume is None else (
-              replace(ReproConfig.load(resume), workers=workers) if workers else None)
+              replace(ReproConfig.load(resume), workers=workers) if workers is not None else None)
         run = run_reproduce(cfg, out, only=only, resume=resume, executor=client)
     finally:
         if client is not None: client.close()

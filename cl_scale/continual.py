@@ -267,6 +267,22 @@ def _configs(cfg, M):
     if any(shared(c) != shared(cfgs[0]) for c in cfgs): raise ValueError("batched configs may differ only in `seed` and `lr`")
     return cfgs
 
+def _check_task(task:Task, ti:int, d_out:int, d_in=None):
+    "A task the loop can learn, or a ValueError naming what is wrong with it (before any training)"
+    what = f"task {ti} ({task.name!r})"
+    for split in ('train', 'test'):
+        x, y = getattr(task, f'x_{split}'), getattr(task, f'y_{split}')
+        if len(x) == 0: raise ValueError(f"{what} has no {split} examples: every task needs at least one (check the stream's sizes)")
+        if len(y) != len(x): raise ValueError(f"{what} has {len(x)} {split} inputs but {len(y)} labels")
+        if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"{what}: {split} labels must be a 1-d tensor of integer class indices, got shape {tuple(y.shape)}, dtype {y.dtype}")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= d_out: raise ValueError(f"{what}: {split} labels must lie in [0, {d_out}) (the model's outputs), got {lo}…{hi}")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{what} has non-finite {split} inputs (NaN or inf): clean the data; this would otherwise look like a divergence")
+        if d_in is not None and x[0].numel() != d_in:
+            raise ValueError(f"{what}: {split} inputs have {x[0].numel()} features (shape {tuple(x.shape[1:])}), the model expects {d_in}")
+
 def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress:bool=True, on_task_end=None,
                     on_epoch=None):
     "Train `model` (or a list of same-shape models, batched) on the tasks of `stream` in order; evaluate every task after each one"
@@ -283,6 +299,8 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
         if isinstance(mdl, ScaledModel) and mdl.readout.n_heads < stream.n_heads:
             raise ValueError(f"the stream needs {stream.n_heads} heads; the model has {mdl.readout.n_heads}")
     if batched and optimizer is not None: raise ValueError("batched training uses the paper's plain SGD: pass optimizer=None")
+    d_out = getattr(models[0], 'd_out', None) or stream.d_out
+    for ti, t in enumerate(stream): _check_task(t, ti, d_out, getattr(models[0], 'd_in', None))
     eng = Batched(models, [c.lr for c in cfgs]) if batched else Looped(models[0], cfg.lr, optimizer or make_optimizer)
     call = (lambda m, x, h: m(x, h)) if batched else call_model      # batched: a functional stand-in that takes the head
     dev, dt = next(models[0].parameters()).device, next(models[0].parameters()).dtype

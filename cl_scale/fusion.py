@@ -203,6 +203,10 @@ def check_compatible(model, anchor):
     bad = {k: (a[k], b[k]) for k in a if a[k] != b.get(k)}
     if bad: raise ValueError("models must match in " + ', '.join(f"{k} (model {x}, anchor {y})" for k, (x, y) in bad.items())
                              + "; only widths may differ")
+    sa, sm = anchor.state_dict(), model.state_dict()
+    _same_names([sa, sm], 'model')                                  # the same parameters: only their widths may differ
+    bad = [k for k in sa if sa[k].dim() != sm[k].dim()]
+    if bad: raise ValueError(f"parameters {bad[:4]} have a different number of axes in the model and the anchor")
 
 def _check_calib(model, calib):
     if calib is None: raise ValueError("activation-based fusion needs calibration data (calib_data=...), or use cost='wts'")
@@ -211,6 +215,8 @@ def _check_calib(model, calib):
             raise ValueError("calibration data given as a dict must map input names to tensors")
         if len({len(v) for v in calib.values()}) > 1:
             raise ValueError(f"the calibration tensors have different lengths: { {k: len(v) for k, v in calib.items()} }")
+    n = len(next(iter(calib.values()))) if isinstance(calib, dict) else len(calib) if torch.is_tensor(calib) else None
+    if n == 0: raise ValueError("the calibration data is empty (0 samples): activation costs need at least one input (or use cost='wts')")
     check = arch_for(model).check
     if check is not None: check(model, calib)
 
@@ -638,8 +644,18 @@ def _weights(weights, n):
         raise ValueError(f"weights must be {n} non-negative numbers summing to 1, got {weights!r}")
     return w
 
+def _same_names(sds:list, what:str='model'):
+    "Every state dict has the first one's parameter names, or a ValueError naming what is missing or extra"
+    for i, sd in enumerate(sds[1:], 1):
+        missing, extra = sorted(set(sds[0]) - set(sd)), sorted(set(sd) - set(sds[0]))
+        if missing or extra:
+            raise ValueError(f"{what} {i} and {what} 0 have different parameters (another depth or architecture): "
+                             f"{what} {i} lacks {missing[:4]}{' …' if len(missing) > 4 else ''} and has "
+                             f"{extra[:4]}{' …' if len(extra) > 4 else ''} ({len(missing)} missing, {len(extra)} extra)")
+
 def _average(models, w, like):
     sds = [m.state_dict() for m in models]
+    _same_names(sds)
     for k in sds[0]:
         shapes = {tuple(sd[k].shape) for sd in sds}
         if len(shapes) > 1: raise ValueError(f"parameter {k} has different shapes {sorted(shapes)}: align the models first (fuse)")

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from .param import Parameterization, MLP, ResNet
 from .data import StreamConfig, TaskStream, make_stream, joint_task
-from .continual import TrainConfig, train_continual
+from .continual import TrainConfig, train_continual, cl_metrics
 
 # %% auto #0
 __all__ = ['ARCHS', 'RESULTS_DB', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'run_store', 'ResultStore', 'run_group',
@@ -45,8 +45,15 @@ class RunSpec:
     def __post_init__(self):
         if self.param not in ('mup', 'ntp', 'sp'): raise ValueError(f"unknown param {self.param!r}: 'mup', 'ntp' or 'sp'")
         if self.arch not in ARCHS: raise ValueError(f"unknown arch {self.arch!r}: expected one of {ARCHS}")
-        self.gamma0 = float(self.gamma0) if self.param == 'mup' else 1.0
-        self.width, self.depth, self.seed = int(self.width), int(self.depth), int(self.seed)
+        g = self.gamma0
+        if isinstance(g, bool) or not isinstance(g, (int, float, np.integer, np.floating)) or not (math.isfinite(g) and g > 0):
+            raise ValueError(f"gamma0 must be a positive finite number, got {g!r}")
+        self.gamma0 = float(g) if self.param == 'mup' else 1.0       # NTP and SP have no γ0 of their own
+        for k in ('width', 'depth', 'seed'):
+            v, least = getattr(self, k), 0 if k == 'seed' else 1
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                raise ValueError(f"{k} must be an integer >= {least}, got {v!r}")
+            setattr(self, k, int(v))
         if self.similarity is not None:
             self.similarity = float(self.similarity)
             if not 0 <= self.similarity <= 1: raise ValueError(f"similarity must lie in [0, 1], got {self.similarity}")
@@ -99,6 +106,7 @@ class RunSpec:
         "Runs with the same key share architecture, stream and schedule, so they can train as one batched model"
         d = self.to_dict()
         for k in ('seed', 'gamma0', 'param'): d.pop(k)
+        d['readout'] = self.parameterization().readout      # SP's random readout cannot share a batch with a zero one
         d['train'] = {k: v for k, v in d['train'].items() if k != 'lr'}
         return json.dumps(d, sort_keys=True)
 
@@ -180,9 +188,20 @@ class ResultStore:
     "Results of runs in a SQLite database at `path`: written one run at a time, read back as a DataFrame"
     def __init__(self, path):
         self.path = str(path)
+        if os.path.isdir(self.path):
+            raise ValueError(f"{self.path} is a directory: a ResultStore needs the path of a database file, e.g. {os.path.join(self.path, RESULTS_DB)}")
         d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
-        with self._con() as con: con.execute(_SCHEMA)
+        try:
+            os.makedirs(d, exist_ok=True)
+            con = self._con()
+            try:
+                with con: con.execute(_SCHEMA)
+            finally: con.close()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{self.path} is not a readable results database ({e}): move it away (a new store starts empty) "
+                             f"or point the store at another file") from e
+        except (OSError, sqlite3.OperationalError) as e:
+            raise ValueError(f"cannot create or open the results database {self.path}: {e}") from e
 
     def _con(self):
         con = sqlite3.connect(self.path, timeout=60)
@@ -272,6 +291,12 @@ class ResultStore:
             r['acc'] = np.array(res['acc'], dtype=float) if 'acc' in res else None
             r['loss'] = np.array(res['loss'], dtype=float) if 'loss' in res else None
             recs.append(r)
+        if not recs and hasattr(sweep, 'runs') and sweep.runs():     # nothing finished (all failed): the columns all the same
+            spec = sweep.runs()[0].to_dict()
+            cols = (['run_id', 'sweep', 'status', 'seconds', 'error'] + [k for k in spec if k not in ('stream', 'train')]
+                    + [f"stream.{k}" for k in spec['stream']] + [f"train.{k}" for k in spec['train']]
+                    + list(cl_metrics(np.eye(1))) + ['FA', 'diverged', 'cpu_seconds', 'acc', 'loss'])
+            return pd.DataFrame(columns=cols)
         return pd.DataFrame(recs)
 
 # %% ../nbs/03_sweep.ipynb #86979db4
@@ -322,6 +347,8 @@ class _Channel:
 def pick_executor(executor=None, workers:int=None, n_jobs:int=None) -> tuple:
     "The package's one executor choice (sweeps, fusion parents): (executor, owned, kind 'local'|'process'|'dask'|None, dask client, torch threads per job)"
     cores = os.cpu_count() or 1
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1 (or None: one per core), got {workers!r}")
     if executor == 'serial': return _Direct(), True, 'local', None, None
     if executor is None:
         workers = workers or cores
