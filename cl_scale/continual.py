@@ -336,7 +336,13 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
         for i, m in enumerate(models):
             if not eng.alive[i]: continue
             for j, other in enumerate(tasks): acc[i, ti, j], loss[i, ti, j] = evaluate(m, other, cfg.loss, cfg.eval_batch)
-            fitted[i, ti] = evaluate(m, task, cfg.loss, cfg.eval_batch, split='train')[0]
+            fitted[i, ti], train_l = evaluate(m, task, cfg.loss, cfg.eval_batch, split='train')
+            ev = np.append(loss[i, ti], train_l)
+            if not np.isfinite(ev).all() or ev.max() > cfg.max_loss:     # a blow-up in the task's last steps: the evaluation sees it
+                diverged[i] = dict(task=ti, epoch=cfg.epochs - 1, step=len(steps[i]) - 1,
+                                   loss=float(np.nan_to_num(ev, nan=np.inf).max()), at='evaluation')
+                acc[i, ti] = loss[i, ti] = fitted[i, ti] = np.nan; eng.alive[i] = False
+                continue
             ends[i].append(len(steps[i])); wcs[i].append(weight_change(m, inits[i]))
             if use_feats: feats[i].append(snap_f(m))
             if ntks[i] is not None: ntks[i].append(snap_k(m))
