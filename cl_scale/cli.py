@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/cli.html.md"""
 
 # %% ../nbs/30_cli.ipynb #3e59d87f
 from __future__ import annotations
-import csv, html, json, os, platform, re, time, traceback
+import csv, html, json, os, platform, re, sys, time, traceback
 from dataclasses import dataclass, field, asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -62,7 +62,11 @@ class ReproConfig:
     def load(cls, path):
         "The configuration saved in `path` (a `config.json` or the run folder holding one); lists become tuples"
         path = Path(path); path = path/'config.json' if path.is_dir() else path
-        d = json.loads(path.read_text())
+        if not path.exists(): raise ValueError(f"{path} does not exist: a run folder of cl-scale-reproduce holds its config.json")
+        try: d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not a readable configuration ({err}): restore it (results.json beside it records "
+                             f"the run) or start a new run without --resume") from err
         flat = {k: d.pop(k) for k in [k for k in d if k.startswith('fusion_')]}     # saved before the fusion suite existed
         if flat: d['fusion'] = {**{k[len('fusion_'):]: v for k, v in flat.items()}, **d.get('fusion', {})}
         return _from_dict(cls, d, path)
@@ -482,15 +486,21 @@ def reproduce(
     threads:int=1,               # torch threads in this process (0: torch's choice)
     workers:int=None,            # local processes for the sweeps and the fusion training (default: one per core)
     cluster:str=None,            # address of a Dask scheduler (e.g. tcp://host:8786) to run them on instead
+    debug:bool=False,            # on an error, show the traceback instead of one line
 ):
     "Run cl_scale's experiments on the embedded default data and write figures, numbers and a report to `out`"
     matplotlib.use('Agg')
     if threads: torch.set_num_threads(threads)
-    client = connect(cluster) if cluster else None
+    client = None
     try:
+        client = connect(cluster) if cluster else None
         cfg = ReproConfig.make(quick=quick, workers=workers) if resume is None else (
               replace(ReproConfig.load(resume), workers=workers) if workers is not None else None)
         run = run_reproduce(cfg, out, only=only, resume=resume, executor=client)
+    except Exception as err:              # bad input at the boundary: one line (a failing *part* is reported, not raised)
+        if debug: raise
+        print(f"cl-scale-reproduce: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+        return 2
     finally:
         if client is not None: client.close()
     print(f"[cl-scale-reproduce] report: {run/'report.html'} (and report.md)")

@@ -83,3 +83,31 @@ def test_an_all_failed_sweep_still_has_its_columns(tmp_path):
     sw = Sweep('bad', dict(seed=[0, 1]), replace(_TINY, stream=dict(_TINY.stream, dataset='no-such-data')))
     df = run_sweep(sw, ResultStore(tmp_path/'s.db'), executor='serial', progress=False)
     assert len(df) == 0 and {'run_id', 'width', 'gamma0', 'seed', 'AA', 'CFr', 'diverged', 'acc'} <= set(df.columns)
+
+def _cli(capsys, **kw):
+    from cl_scale.cli import reproduce
+    rc = reproduce(**kw)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+def test_cli_resume_of_a_corrupt_or_missing_folder_is_one_line(tmp_path, capsys):
+    (tmp_path/'config.json').write_text('{not json')
+    rc, err = _cli(capsys, resume=str(tmp_path))
+    assert rc == 2 and len(err) == 1 and str(tmp_path/'config.json') in err[0] and 'not a readable configuration' in err[0]
+    rc, err = _cli(capsys, resume=str(tmp_path/'nope'))
+    assert rc == 2 and len(err) == 1 and 'nope' in err[0]
+
+def test_cli_resume_with_a_corrupt_store_names_it(tmp_path, capsys):
+    from cl_scale.cli import ReproConfig
+    import json
+    from dataclasses import asdict
+    (tmp_path/'config.json').write_text(json.dumps(asdict(ReproConfig.make(workers=1))))
+    (tmp_path/'results.db').write_text('garbage ' * 50)
+    rc, err = _cli(capsys, resume=str(tmp_path), only='coord_check')
+    assert rc == 2 and len(err) == 1 and str(tmp_path/'results.db') in err[0] and 'move it away' in err[0]
+
+@pytest.mark.parametrize('w', [0, -1])
+def test_cli_workers_below_one(w, tmp_path, capsys):
+    rc, err = _cli(capsys, workers=w, out=str(tmp_path), only='coord_check')
+    assert rc == 2 and len(err) == 1 and f'got {w}' in err[0]
+    assert not any(tmp_path.iterdir())                       # nothing started
