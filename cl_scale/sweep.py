@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/sweep.html.md"""
 
 # %% ../nbs/03_sweep.ipynb #b1694bdf
 from __future__ import annotations
-import hashlib, itertools, json, math, multiprocessing, os, queue, socket, sqlite3, time, traceback
+import hashlib, itertools, json, math, multiprocessing, os, queue, socket, sqlite3, threading, time, traceback
 from concurrent.futures import ProcessPoolExecutor, FIRST_COMPLETED, wait
 from pathlib import Path
 from dataclasses import dataclass, field, asdict, replace, fields
@@ -19,8 +19,8 @@ from .data import StreamConfig, TaskStream, make_stream, joint_task
 from .continual import TrainConfig, train_continual, cl_metrics
 
 # %% auto #0
-__all__ = ['ARCHS', 'RESULTS_DB', 'BATCH_MAX_WIDTH', 'RunSpec', 'Sweep', 'RunList', 'run_store', 'ResultStore', 'run_group',
-           'pick_executor', 'Reporter', 'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
+__all__ = ['ARCHS', 'RESULTS_DB', 'BATCH_MAX_WIDTH', 'STALE', 'HEARTBEAT', 'RunSpec', 'Sweep', 'RunList', 'run_store',
+           'ResultStore', 'run_group', 'pick_executor', 'Reporter', 'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
 
 # %% ../nbs/03_sweep.ipynb #b22999f2
 _STREAM = dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5)
@@ -184,6 +184,17 @@ def _jsonable(o):
     if isinstance(o, np.ndarray): return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
+def _gone(owner:str, beat, stale:float, now:float) -> bool:
+    "A claim's owner is gone: its heartbeat is older than `stale`, or it was a process on this host that no longer exists"
+    if beat is None or now - beat > stale: return True
+    host, _, rest = (owner or '').partition(':')
+    pid = rest.partition(':')[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try: os.kill(int(pid), 0)
+        except ProcessLookupError: return True
+        except PermissionError: return False
+    return False
+
 class ResultStore:
     "Results of runs in a SQLite database at `path`: written one run at a time, read back as a DataFrame"
     def __init__(self, path):
@@ -238,6 +249,43 @@ class ResultStore:
                     error=error, seconds=secs)
 
     def __len__(self): return self._rows('SELECT COUNT(*) FROM runs')[0][0]
+
+    def claim(self, specs:list, sweep:str, owner:str, stale:float) -> list:
+        "Claim, in one transaction, the runs of `specs` that nobody has finished or is running (a claim whose heartbeat is older than `stale` seconds is a dead owner's, and is taken over); the run ids now `owner`'s"
+        now, got = time.time(), []
+        con = self._con(); con.isolation_level = None
+        try:
+            con.execute('BEGIN IMMEDIATE')                    # one writer at a time: two owners never claim the same run
+            try:
+                for s in specs:
+                    row = con.execute('SELECT status, finished, host FROM runs WHERE run_id=?', (s.run_id,)).fetchone()
+                    if row is None or row[0] == 'failed' or (row[0] == 'running' and (row[2] == owner or _gone(row[2], row[1], stale, now))):
+                        con.execute('INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)',
+                                    (s.run_id, sweep, 'running', json.dumps(s.to_dict()), 'null', None, math.nan, now, owner))
+                        got.append(s.run_id)
+                con.execute('COMMIT')
+            except BaseException: con.execute('ROLLBACK'); raise
+        finally: con.close()
+        return got
+
+    def running(self, stale:float) -> dict:
+        "{run_id: owner} of the runs claimed by a live owner (heartbeat within `stale` seconds)"
+        now = time.time()
+        return {r: o for r, o, t in self._rows("SELECT run_id, host, finished FROM runs WHERE status='running'") if not _gone(o, t, stale, now)}
+
+    def heartbeat(self, owner:str):
+        "Say that `owner` is alive: refresh the time of its claims"
+        con = self._con()
+        try:
+            with con: con.execute("UPDATE runs SET finished=? WHERE status='running' AND host=?", (time.time(), owner))
+        finally: con.close()
+
+    def release(self, owner:str):
+        "Drop `owner`'s unfinished claims (its runs become free for anyone)"
+        con = self._con()
+        try:
+            with con: con.execute("DELETE FROM runs WHERE status='running' AND host=?", (owner,))
+        finally: con.close()
 
     def delete(self, run_id:str):
         "Forget one record (its run, cell or part runs again next time)"
@@ -380,7 +428,7 @@ def _call(fn, job:dict, report, threads):
     return fn(job, report)
 
 def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bool=True, desc:str='', unit:str='job',
-             total:float=None, initial:float=0) -> int:
+             total:float=None, initial:float=0, claim=None) -> int:
     "The one run loop: `fn(job, report)` for every job here or on an executor, `commit(job, result, error)` here as each ends; the number that failed"
     names = [j['name'] for j in jobs]
     if len(set(names)) != len(names): raise ValueError(f"job names must be distinct, got {names}")
@@ -400,14 +448,29 @@ def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bo
         failed[0] += error is not None
         commit(job, result, error)
     chan = _Channel(kind if progress else None)           # local processes report; on Dask the bar moves as jobs end
+    queue_ = list(jobs)
+    def take():
+        "The next job to start: with `claim`, only what this process could claim of it, just before it starts"
+        while queue_:
+            j = queue_.pop(0)
+            if claim is None: return j
+            c = claim(j)
+            if c is not None: return c
+            bar.update(cost(j))                  # somebody else's now
+        return None
     try:
         if isinstance(ex, _Direct):            # in this process: one job at a time, committed as it finishes
-            for j in jobs:
+            while (j := take()) is not None:
                 try: r, err = _call(fn, j, Reporter(_Here(handle) if progress else None, j['name']), threads), None
                 except Exception: r, err = None, traceback.format_exc()
                 finish(j, r, err)
         else:
-            pending = {ex.submit(_call, fn, j, Reporter(chan.q, j['name']), threads): j for j in jobs}
+            slots = len(jobs) if claim is None else (getattr(ex, '_max_workers', None) or len(jobs))   # claims: no more in flight than workers
+            pending = {}
+            def fill():
+                while len(pending) < slots and (j := take()) is not None:
+                    pending[ex.submit(_call, fn, j, Reporter(chan.q, j['name']), threads)] = j
+            fill()
             while pending:
                 done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
                 for msg in chan.drain(): handle(msg)
@@ -416,6 +479,7 @@ def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bo
                     try: r, err = f.result(), None
                     except Exception: r, err = None, traceback.format_exc()
                     finish(j, r, err)
+                fill()
     except BaseException:
         if owned: ex.shutdown(wait=False, cancel_futures=True)
         raise
@@ -456,23 +520,45 @@ def _jobs(todo:list, batch, workers:int) -> list:
         jobs.remove(big); h = (len(big) + 1) // 2; jobs += [big[:h], big[h:]]
     return sorted(jobs, key=_cost, reverse=True)
 
+STALE, HEARTBEAT = 120.0, 10.0     # seconds: a claim older than STALE is a dead owner's; the living refresh theirs every HEARTBEAT
+
 def run_sweep(sweep, store:ResultStore, executor=None, workers:int=None, batch='auto',
-              progress:bool=True) -> pd.DataFrame:
-    "Run every run of `sweep` (a `Sweep` or `RunList`) that `store` does not have yet; returns its finished runs as a DataFrame"
+              progress:bool=True, stale:float=STALE) -> pd.DataFrame:
+    "Run every run of `sweep` (a `Sweep` or `RunList`) that `store` does not have yet, sharing the work with other processes on the store; its finished runs as a DataFrame"
     if not isinstance(store, ResultStore): store = ResultStore(store)
     if batch != 'auto' and (not isinstance(batch, int) or batch < 1): raise ValueError(f"batch must be 'auto' or an integer >= 1, got {batch!r}")
-    runs = sweep.runs()
-    done = store.done()
-    todo = [r for r in runs if r.run_id not in done]
+    runs, tried = sweep.runs(), set()
+    owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
     n_workers = (workers or os.cpu_count() or 1) if executor is None else (
         len(executor.scheduler_info()['workers']) if hasattr(executor, 'scheduler_info') else (workers or 1))
-    jobs = [dict(name=f"{job[0].run_id[:6]}…(+{len(job) - 1})", specs=[r.to_dict() for r in job], cost=len(job))
-            for job in _jobs(todo, batch, n_workers)]
+    def claim(job):
+        specs = [RunSpec.from_dict(s) for s in job['specs']]
+        mine = set(store.claim(specs, sweep.name, owner, stale))
+        if not mine: return None
+        return {**job, 'specs': [s.to_dict() for s in specs if s.run_id in mine], 'cost': len(mine)}
     def commit(job, recs, error):
         if error is not None: recs = [_record(RunSpec.from_dict(s), 'failed', error=error) for s in job['specs']]
-        for rec in recs: store.put(rec, sweep.name)
-    run_jobs(jobs, _sweep_job, commit, executor, workers, progress, desc=f"sweep {sweep.name}", unit='run',
-             total=len(runs), initial=len(runs) - len(todo))
+        for rec in recs: store.put(rec, sweep.name); tried.add(rec['run_id'])     # finished or failed here: not again in this call
+    beat = threading.Event()
+    def beating():
+        while not beat.wait(HEARTBEAT): store.heartbeat(owner)
+    threading.Thread(target=beating, daemon=True).start()
+    try:
+        while True:        # a pass over what is left; then wait for runs that live owners are training, or take over the dead's
+            done = store.done()
+            todo = [r for r in runs if r.run_id not in done and r.run_id not in tried]
+            busy = store.running(stale)
+            free = [r for r in todo if r.run_id not in busy]
+            if free:
+                jobs = [dict(name=f"{job[0].run_id[:6]}…(+{len(job) - 1})", specs=[r.to_dict() for r in job], cost=len(job))
+                        for job in _jobs(free, batch, n_workers)]
+                run_jobs(jobs, _sweep_job, commit, executor, workers, progress, desc=f"sweep {sweep.name}", unit='run',
+                         total=len(runs), initial=len(runs) - len(free), claim=claim)
+            elif any(r.run_id in busy for r in todo): time.sleep(min(2.0, stale / 4))
+            else: break
+    except BaseException:
+        store.release(owner); raise
+    finally: beat.set()
     failed = [r for r in runs if r.run_id not in store.done()]
     if failed: print(f"{len(failed)} of {len(runs)} runs failed; their errors are in the store (status 'failed'); "
                      f"running the sweep again retries them")

@@ -46,10 +46,12 @@ def test_killed_sweep_resumes(tmp_path):
         time.sleep(0.02)
     p.send_signal(signal.SIGKILL); p.wait()
     store = ResultStore(db)
-    kept = dict(store._rows('SELECT run_id, finished FROM runs'))
+    kept = dict(store._rows("SELECT run_id, finished FROM runs WHERE status='done'"))
     assert 2 <= len(kept) < 20, f"the kill came too late or too early: {len(kept)} runs committed"
+    t0 = time.time()
     df = run_sweep(sweep, store, executor='serial', batch=1, progress=False)
     assert len(df) == 20 and set(df.seed) == set(range(20))
+    assert time.time() - t0 < 60 and not store.running(stale=1e9)   # the killed process's claim is taken over at once (its pid is gone)
     after = dict(store._rows('SELECT run_id, finished FROM runs'))
     assert all(after[k] == v for k, v in kept.items())     # committed runs were not re-trained
 
@@ -81,3 +83,40 @@ def test_jobs_partition_the_runs(widths, n_seeds, batch, workers):
     assert all(0 < len(j) <= (16 if batch == "auto" else batch) and len({r.group_key() for r in j}) == 1 for j in jobs)
     costs = [_cost(j) for j in jobs]
     assert costs == sorted(costs, reverse=True)
+
+_CONCURRENT = """
+import sys, torch
+torch.set_num_threads(1)
+import cl_scale.sweep as sw
+n = [0]; real = sw.run_group
+def counting(specs, *a, **k): n[0] += len(specs); return real(specs, *a, **k)
+sw.run_group = counting                         # serial executor: the runs are trained in this process
+base = sw.RunSpec(width=128, depth=2, stream=dict(n_tasks=2, n_train=400, n_test=100), train=dict(epochs=3, n_probe=0))
+sweep = sw.Sweep('c', dict(seed=range(8), gamma0=[0.1, 1.0]), base)
+df = sw.run_sweep(sweep, sw.ResultStore(sys.argv[1]), executor='serial', batch=1, progress=False)
+print(n[0], len(df))
+"""
+
+def test_two_processes_split_one_sweep(tmp_path):
+    "Runs are claimed in the store: two processes on one sweep train every run once between them, and both return all of it"
+    import subprocess, sys
+    db = str(tmp_path/'shared.db')
+    ps = [subprocess.Popen([sys.executable, '-c', _CONCURRENT, db], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].split() for p in ps]
+    assert all(p.returncode == 0 for p in ps)
+    trained, returned = [int(o[0]) for o in outs], [int(o[1]) for o in outs]
+    assert sum(trained) == 16 and min(trained) > 0, trained          # split, none trained twice
+    assert returned == [16, 16]
+    store = ResultStore(db)
+    assert len(store.done()) == 16 and not store.running(stale=1e9)  # every claim replaced by its record
+
+def test_a_dead_owners_claim_is_taken_over(tmp_path):
+    store = ResultStore(tmp_path/'s.db')
+    sweep = Sweep('d', dict(seed=[0, 1]), RunSpec(width=16, depth=1, stream=dict(n_tasks=2, n_train=100, n_test=50),
+                                                  train=dict(epochs=1, n_probe=0)))
+    runs = sweep.runs()
+    assert store.claim(runs[:1], 'd', 'ghost:1:dead', stale=60) == [runs[0].run_id]
+    assert store.claim(runs[:1], 'd', 'other:2:alive', stale=60) == []                  # a live claim is respected
+    t0 = time.time()
+    df = run_sweep(sweep, store, executor='serial', progress=False, stale=1.0)   # the ghost never beats: taken over after 1 s
+    assert len(df) == 2 and time.time() - t0 >= 1.0 and not store.running(stale=1e9)
