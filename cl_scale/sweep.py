@@ -224,9 +224,13 @@ class ResultStore:
         row = (rec['run_id'], sweep, rec['status'], json.dumps(rec['spec'], default=_jsonable),
                json.dumps(rec.get('result'), default=_jsonable, allow_nan=True), rec.get('error'),
                rec.get('seconds', math.nan), time.time(), rec.get('host'))
+        self._write('INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)', row)
+
+    def _write(self, sql, args=()):
+        "One statement, committed, on a connection of its own"
         con = self._con()
         try:
-            with con: con.execute('INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)', row)
+            with con: con.execute(sql, args)
         finally: con.close()
 
     def _rows(self, sql, args=()):
@@ -275,24 +279,15 @@ class ResultStore:
 
     def heartbeat(self, owner:str):
         "Say that `owner` is alive: refresh the time of its claims"
-        con = self._con()
-        try:
-            with con: con.execute("UPDATE runs SET finished=? WHERE status='running' AND host=?", (time.time(), owner))
-        finally: con.close()
+        self._write("UPDATE runs SET finished=? WHERE status='running' AND host=?", (time.time(), owner))
 
     def release(self, owner:str):
         "Drop `owner`'s unfinished claims (its runs become free for anyone)"
-        con = self._con()
-        try:
-            with con: con.execute("DELETE FROM runs WHERE status='running' AND host=?", (owner,))
-        finally: con.close()
+        self._write("DELETE FROM runs WHERE status='running' AND host=?", (owner,))
 
     def delete(self, run_id:str):
         "Forget one record (its run, cell or part runs again next time)"
-        con = self._con()
-        try:
-            with con: con.execute('DELETE FROM runs WHERE run_id=?', (run_id,))
-        finally: con.close()
+        self._write('DELETE FROM runs WHERE run_id=?', (run_id,))
 
     def results(self, sweep:str) -> dict:
         "{run_id: result} of the finished runs of one sweep (or DMFT grid, or fusion stage)"
