@@ -433,8 +433,7 @@ def fit(model, n:int, loss_fn, epochs:int, lr=None, seed=0, bs:int=64, optimizer
     M, schedule = len(eng.models), schedule or cosine_factor
     gens = _generators(seed, M)
     dev = next(eng.models[0].parameters()).device
-    out = Fit(model if not isinstance(model, (Looped, Batched)) else (eng.model if M == 1 and isinstance(eng, Looped) else eng.models),
-              [[] for _ in range(M)], [None] * M)
+    out = Fit(eng.model if isinstance(eng, Looped) else eng.models, [[] for _ in range(M)], [None] * M)
     read = record or max_loss is not None
     K, k = epochs * math.ceil(n / bs), 0
     bar = progress if hasattr(progress, 'update') else tqdm(total=K, disable=not progress, leave=False)
