@@ -197,6 +197,24 @@ class StreamConfig:
     val_frac: float = None      # evaluate on this fraction of the training images instead of the test split (tuning)
 
     def to_dict(self) -> dict: return asdict(self)
+    def check(self) -> StreamConfig:
+        "Raise a `ValueError` naming the first setting a stream cannot be built from (the data is not loaded)"
+        num = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+        count = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+        if self.kind not in STREAM_KINDS: raise ValueError(f"unknown stream kind {self.kind!r}: expected one of {STREAM_KINDS}")
+        if self.kind == 'permuted' and not (num(self.p) and 0 <= self.p <= 1):
+            raise ValueError(f"p must lie in [0, 1] (the fraction of pixels permuted per task), got {self.p!r}")
+        if self.n_tasks is not None and not count(self.n_tasks): raise ValueError(f"n_tasks must be an integer >= 1, got {self.n_tasks!r}")
+        if self.n_tasks is None and self.kind != 'split': raise ValueError("n_tasks=None only means something for split streams")
+        if not count(self.classes_per_task): raise ValueError(f"classes_per_task must be an integer >= 1, got {self.classes_per_task!r}")
+        if not num(self.angle): raise ValueError(f"angle must be a finite number of degrees, got {self.angle!r}")
+        if not (num(self.test_frac) and 0 < self.test_frac < 1): raise ValueError(f"test_frac must lie in (0, 1), got {self.test_frac!r}")
+        if self.val_frac is not None and not (num(self.val_frac) and 0 < self.val_frac < 1):
+            raise ValueError(f"val_frac must be None or lie in (0, 1), got {self.val_frac!r}")
+        for k in ('n_train', 'n_test'):
+            if getattr(self, k) is not None and not count(getattr(self, k)): raise ValueError(f"{k} must be None or an integer >= 1, got {getattr(self, k)!r}")
+        if not (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool) and self.seed >= 0): raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        return self
 
 @dataclass
 class Task:
@@ -321,13 +339,7 @@ def rotated_stream(ds:Dataset, cfg:StreamConfig) -> TaskStream:
 
 def make_stream(cfg:StreamConfig=None, dtype=torch.float32, **kwargs) -> TaskStream:
     "Build the task stream described by `cfg` (or by keyword arguments of `StreamConfig`)"
-    cfg = replace(cfg or StreamConfig(), **kwargs)
-    if cfg.kind not in STREAM_KINDS: raise ValueError(f"unknown stream kind {cfg.kind!r}: expected one of {STREAM_KINDS}")
-    if cfg.kind == 'permuted' and (not isinstance(cfg.p, (int, float)) or not 0 <= cfg.p <= 1):
-        raise ValueError(f"p must lie in [0, 1] (the fraction of pixels permuted per task), got {cfg.p!r}")
-    if cfg.n_tasks is not None and (not isinstance(cfg.n_tasks, int) or cfg.n_tasks < 1):
-        raise ValueError(f"n_tasks must be an integer >= 1, got {cfg.n_tasks!r}")
-    if cfg.n_tasks is None and cfg.kind != 'split': raise ValueError("n_tasks=None only means something for split streams")
+    cfg = replace(cfg or StreamConfig(), **kwargs).check()
     ds = load_dataset(cfg.dataset, cfg.seed, cfg.test_frac, cfg.n_train, cfg.n_test, cfg.root, dtype=dtype, val_frac=cfg.val_frac)
     return {'permuted': permuted_stream, 'split': split_stream, 'rotated': rotated_stream}[cfg.kind](ds, cfg)
 

@@ -7,7 +7,8 @@ Docs: https://cl-scale.github.io/cl_scale/sweep.html.md"""
 # %% ../nbs/03_sweep.ipynb #b1694bdf
 from __future__ import annotations
 import hashlib, itertools, json, math, multiprocessing, os, queue, socket, sqlite3, threading, time, traceback
-from concurrent.futures import ProcessPoolExecutor, FIRST_COMPLETED, wait
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, FIRST_COMPLETED, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from dataclasses import dataclass, field, asdict, replace, fields
 import numpy as np
@@ -19,8 +20,9 @@ from .data import StreamConfig, TaskStream, make_stream, joint_task
 from .continual import TrainConfig, train_continual, cl_metrics
 
 # %% auto #0
-__all__ = ['ARCHS', 'RESULTS_DB', 'BATCH_MAX_WIDTH', 'STALE', 'HEARTBEAT', 'RunSpec', 'Sweep', 'RunList', 'run_store',
-           'ResultStore', 'run_group', 'pick_executor', 'Reporter', 'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
+__all__ = ['ARCHS', 'RESULTS_DB', 'PRELOAD', 'BATCH_MAX_WIDTH', 'STALE', 'HEARTBEAT', 'RunSpec', 'Sweep', 'RunList', 'run_store',
+           'ResultStore', 'run_group', 'LocalPool', 'local_pool', 'close_pools', 'pick_executor', 'Reporter',
+           'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
 
 # %% ../nbs/03_sweep.ipynb #b22999f2
 _STREAM = dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5)
@@ -61,7 +63,7 @@ class RunSpec:
         if bad: raise ValueError(f"unknown StreamConfig fields in stream: {sorted(bad)}")
         bad = set(self.train) - {f.name for f in fields(TrainConfig)} | ({'seed'} & set(self.train))
         if bad: raise ValueError(f"unknown or reserved TrainConfig fields in train: {sorted(bad)} (the run's seed is `seed`)")
-        self.stream_config(); self.train_config(); self.parameterization()   # fail now, not in a worker
+        self.stream_config().check(); self.train_config(); self.parameterization()   # fail now, not in a worker
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
@@ -374,32 +376,90 @@ class _Direct:
     def shutdown(self, wait=True, cancel_futures=False): pass
 
 class _Channel:
-    "Progress messages from local worker processes (a multiprocessing manager queue); none for other executors"
+    "Progress messages from the worker processes of a user's `ProcessPoolExecutor` (a manager queue); none for other executors"
     def __init__(self, kind):
         self.mgr, self.q = None, None
         if kind == 'process': self.mgr = multiprocessing.get_context('spawn').Manager(); self.q = self.mgr.Queue()
-    def drain(self) -> list:
-        if self.q is None: return []
-        out = []
-        while True:
-            try: out.append(self.q.get_nowait())
-            except queue.Empty: return out
+    def drain(self) -> list: return _drain(self.q)
     def close(self):
         if self.mgr is not None: self.mgr.shutdown()
 
+def _drain(q) -> list:
+    out = []
+    while q is not None:
+        try: out.append(q.get_nowait())
+        except queue.Empty: break
+    return out
+
+_IN_WORKER = {}     # in a worker of the package's pool: 'q', the queue its progress goes back through
+
+def _guard(r):
+    "In a pool worker: wait on a pipe whose only writer is the parent; end of file means the parent is gone, so exit"
+    try: r.recv_bytes()
+    except (EOFError, OSError): pass
+    os._exit(0)
+
+def _worker_init(r, q):
+    _IN_WORKER['q'] = q
+    threading.Thread(target=_guard, args=(r,), daemon=True, name='cl_scale-parent-guard').start()
+
+def _ready() -> int: return os.getpid()
+
+PRELOAD = ('cl_scale.sweep', 'torch._dynamo', 'sklearn.datasets')   # what the forkserver imports once (seconds each)
+
+class LocalPool:
+    "The package's process pool: forkserver workers started in the background, kept warm between grids, gone with this process"
+    def __init__(self, workers:int):
+        self.workers, self.ex, self.error, self.ready = workers, None, None, []
+        self.started = threading.Event()
+        ctx = multiprocessing.get_context('forkserver')
+        ctx.set_forkserver_preload(list(PRELOAD))
+        self.q = ctx.Queue()                                 # the workers' progress, inherited at start: no manager process
+        self._r, self._w = ctx.Pipe(duplex=False)            # the workers hold the read end, only this process the write end
+        threading.Thread(target=self._start, args=(ctx,), daemon=True, name='cl_scale-pool-start').start()
+    def _start(self, ctx):
+        try:
+            self.ex = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(self._r, self.q))
+            self.ready = [self.ex.submit(_ready) for _ in range(self.workers)]    # starts the workers (blocks while the server imports)
+        except BaseException as e: self.error = e
+        finally: self.started.set()
+    def submit(self, *a): return self.ex.submit(*a)
+    def usable(self) -> bool: return self.started.is_set() and self.error is None
+    def warm(self) -> bool: return self.usable() and any(f.done() and f.exception() is None for f in self.ready)
+    def broken(self) -> bool: return self.error is not None or bool(getattr(self.ex, '_broken', False))
+    def shutdown(self, wait=True, cancel_futures=False, kill=False):
+        self.started.wait()
+        if self.ex is not None:
+            if kill:                                         # an interrupt: running jobs are not wanted any more
+                for p in list((getattr(self.ex, '_processes', None) or {}).values()): p.kill()
+            self.ex.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._w.close()
+
+_POOLS = {}
+
+def local_pool(workers:int) -> LocalPool:
+    "The warm pool of `workers` processes (started on first use, kept for the next grid)"
+    p = _POOLS.get(workers)
+    if p is None or p.broken():
+        if p is not None: p.shutdown(wait=False, kill=True)
+        _POOLS[workers] = p = LocalPool(workers)
+    return p
+
+def close_pools():
+    "Shut the warm pools down now (they also end with this process)"
+    while _POOLS: _POOLS.popitem()[1].shutdown()
+
 def pick_executor(executor=None, workers:int=None, n_jobs:int=None) -> tuple:
-    "The package's one executor choice (sweeps, fusion parents): (executor, owned, kind 'local'|'process'|'dask'|None, dask client, torch threads per job)"
+    "The package's one executor choice (sweeps, fusion parents, DMFT grids): (executor, owned, kind 'local'|'pool'|'process'|'dask'|None, dask client, torch threads per job)"
     cores = os.cpu_count() or 1
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1 (or None: one per core), got {workers!r}")
     if executor == 'serial': return _Direct(), True, 'local', None, None
     if executor is None:
-        workers = workers or cores
-        if n_jobs is not None: workers = min(workers, n_jobs)         # no idle processes for a few jobs
-        if workers <= 1: return _Direct(), True, 'local', None, None
-        ctx = multiprocessing.get_context('forkserver')
-        ctx.set_forkserver_preload(['cl_scale.sweep'])   # the server imports torch once; workers fork from it
-        return ProcessPoolExecutor(workers, mp_context=ctx), True, 'process', None, max(1, cores // workers)
+        workers = int(workers or cores)
+        busy = workers if n_jobs is None else min(workers, n_jobs)    # no idle processes for a few jobs
+        if busy <= 1: return _Direct(), True, 'local', None, None
+        return local_pool(workers), False, 'pool', None, max(1, cores // busy)
     if hasattr(executor, 'get_executor') and hasattr(executor, 'scheduler_info'):   # a dask.distributed.Client
         return executor.get_executor(), False, 'dask', executor, 1
     if hasattr(executor, 'submit'): return executor, False, 'process' if isinstance(executor, ProcessPoolExecutor) else None, None, None
@@ -410,7 +470,8 @@ class Reporter:
     "What a job calls to say where it is: `report(advance=0, note=None)`; picklable, so it goes to worker processes"
     def __init__(self, q=None, name:str=''): self.q, self.name = q, name
     def __call__(self, advance:float=0, note:str=None):
-        if self.q is not None: self.q.put((self.name, advance, note))
+        q = _IN_WORKER.get('q') if self.q == 'pool' else self.q
+        if q is not None: q.put((self.name, advance, note))
 
 class _Here:
     "In-process progress: `put` hands the message to the bar at once"
@@ -432,9 +493,10 @@ def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bo
                disable=not progress, leave=False)
     if not jobs: bar.close(); return 0
     ex, owned, kind, client, threads = pick_executor(executor, workers, len(jobs))
-    moved, notes, failed = {}, {}, [0]
+    moved, notes, failed, mine = {}, {}, [0], set(names)
     def handle(msg):
         name, adv, note = msg
+        if name not in mine: return                           # a late message from an earlier grid on the warm pool
         if adv: bar.update(adv); moved[name] = moved.get(name, 0) + adv
         if note is not None:
             notes[name] = note; bar.set_postfix_str('; '.join(f"{n} {t}" for n, t in list(notes.items())[-2:]), refresh=True)
@@ -442,17 +504,18 @@ def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bo
         bar.update(cost(job) - moved.pop(job['name'], 0)); notes.pop(job['name'], None)
         failed[0] += error is not None
         commit(job, result, error)
-    chan = _Channel(kind if progress else None)           # local processes report; on Dask the bar moves as jobs end
-    queue_ = list(jobs)
-    def take():
+    chan = _Channel(kind if progress else None)           # a user's process pool reports through a manager; Dask's bar moves as jobs end
+    queue_ = list(jobs)                                   # costliest first: the pool takes from the front, this process from the back
+    def take(last=False):
         "The next job to start: with `claim`, only what this process could claim of it, just before it starts"
         while queue_:
-            j = queue_.pop(0)
+            j = queue_.pop(-1 if last else 0)
             if claim is None: return j
             c = claim(j)
             if c is not None: return c
             bar.update(cost(j))                  # somebody else's now
         return None
+    lane, here, threads0 = None, queue.SimpleQueue(), torch.get_num_threads()
     try:
         if isinstance(ex, _Direct):            # in this process: one job at a time, committed as it finishes
             while (j := take()) is not None:
@@ -460,26 +523,36 @@ def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bo
                 except Exception: r, err = None, traceback.format_exc()
                 finish(j, r, err)
         else:
-            slots = len(jobs) if claim is None else (getattr(ex, '_max_workers', None) or len(jobs))   # claims: no more in flight than workers
-            pending = {}
+            pool = isinstance(ex, LocalPool)
+            if pool and not ex.warm(): lane = ThreadPoolExecutor(1, thread_name_prefix='cl_scale-local')   # works while the pool starts
+            slots = ex.workers if pool else len(jobs) if claim is None else (getattr(ex, '_max_workers', None) or len(jobs))
+            rq = 'pool' if pool else chan.q
+            pending = {}                                  # future → (job, ran in this process)
             def fill():
-                while len(pending) < slots and (j := take()) is not None:
-                    pending[ex.submit(_call, fn, j, Reporter(chan.q, j['name']), threads)] = j
+                while (not pool or ex.usable()) and sum(not h for _, h in pending.values()) < slots and (j := take()) is not None:
+                    try: pending[ex.submit(_call, fn, j, Reporter(rq, j['name']), threads)] = (j, False)
+                    except BrokenProcessPool: finish(j, None, traceback.format_exc())
+                if lane is not None and not any(h for _, h in pending.values()) and not ex.warm() \
+                        and (j := take(last=True)) is not None:
+                    pending[lane.submit(_call, fn, j, Reporter(here, j['name']), threads)] = (j, True)
             fill()
             while pending:
                 done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
-                for msg in chan.drain(): handle(msg)
+                for msg in chan.drain() + _drain(ex.q if pool else None) + _drain(here): handle(msg)
                 for f in done:
-                    j = pending.pop(f)
+                    j, _ = pending.pop(f)
                     try: r, err = f.result(), None
                     except Exception: r, err = None, traceback.format_exc()
                     finish(j, r, err)
                 fill()
     except BaseException:
         if owned: ex.shutdown(wait=False, cancel_futures=True)
+        if isinstance(ex, LocalPool):                     # an interrupt: stop the workers' running jobs too; the next grid starts afresh
+            _POOLS.pop(ex.workers, None); ex.shutdown(wait=False, cancel_futures=True, kill=True)
         raise
     finally:
         bar.close(); chan.close()
+        if lane is not None: lane.shutdown(wait=False, cancel_futures=True); torch.set_num_threads(threads0)
     if owned: ex.shutdown()
     return failed[0]
 

@@ -18,6 +18,10 @@ from cl_scale.cli import ReproConfig
     (dict(param='ntp', gamma0=-1), 'gamma0 must be a positive finite number, got -1'), (dict(gamma0=math.nan), 'got nan'),
     (dict(gamma0=0), 'got 0'), (dict(param='mup2'), "unknown param 'mup2'"), (dict(similarity=1.5), 'similarity must lie in [0, 1]'),
     (dict(stream=dict(nope=1)), "['nope']"), (dict(train=dict(seed=3)), "['seed']"), (dict(train=dict(lr=-1)), 'lr must be positive'),
+    # stream settings are checked when the spec is built, before any data is loaded (they used to fail in a worker)
+    (dict(stream=dict(kind='shuffled')), "unknown stream kind 'shuffled'"), (dict(stream=dict(n_tasks=0)), 'n_tasks must be an integer >= 1, got 0'),
+    (dict(stream=dict(p=1.5)), 'p must lie in [0, 1]'), (dict(stream=dict(test_frac=1.0)), 'test_frac must lie in (0, 1), got 1.0'),
+    (dict(stream=dict(n_train=0)), 'n_train must be None or an integer >= 1, got 0'),
 ])
 def test_runspec_is_checked_when_built(kw, says):
     with pytest.raises(ValueError, match=None) as e: RunSpec(**kw)
@@ -111,3 +115,29 @@ def test_cli_workers_below_one(w, tmp_path, capsys):
     rc, err = _cli(capsys, workers=w, out=str(tmp_path), only='coord_check')
     assert rc == 2 and len(err) == 1 and f'got {w}' in err[0]
     assert not any(tmp_path.iterdir())                       # nothing started
+
+@pytest.mark.parametrize('axes, says', [
+    (dict(widht=[64]), "unknown sweep axes ['widht']"), (dict(width=[]), "axis 'width' must be a non-empty list of values, got []"),
+    (dict(width=64), "axis 'width' must be a non-empty list of values, got 64"),
+])
+def test_a_sweep_with_a_bad_axis_is_refused_when_built(axes, says):
+    with pytest.raises(ValueError) as e: Sweep('x', axes, _TINY).runs()
+    assert says in str(e.value), str(e.value)
+
+@pytest.mark.parametrize('batch', [0, 2.5])
+def test_run_sweep_batch_must_be_auto_or_positive(batch, tmp_path):
+    with pytest.raises(ValueError) as e: run_sweep(Sweep('b', dict(seed=[0]), _TINY), ResultStore(tmp_path/'s.db'), batch=batch)
+    assert f"got {batch!r}" in str(e.value) and "'auto'" in str(e.value)
+
+def test_fit_refuses_a_bad_schedule_and_bad_rates():
+    from cl_scale.param import fit
+    m = MLP(4, 8, 1, 2, Parameterization())
+    loss = lambda f, idx, g: f(torch.zeros(len(idx), 4)).pow(2).mean()
+    with pytest.raises(ValueError, match=r'need epochs >= 0, bs >= 1 and n >= 1, got 1, 0, 10'): fit(m, 10, loss, epochs=1, lr=0.1, bs=0)
+    with pytest.raises(ValueError, match=r'lr must be positive, got -0.1'): fit([m, MLP(4, 8, 1, 2, Parameterization())], 10, loss, epochs=1, lr=-0.1)
+
+def test_summarize_names_a_missing_column():
+    import pandas as pd
+    from cl_scale.sweep import summarize
+    with pytest.raises(KeyError, match="no column 'AAA'") as e: summarize(pd.DataFrame(dict(gamma0=[1.0], AA=[0.5])), ['gamma0'], 'AAA')
+    assert "'AA'" in str(e.value)                  # and which columns there are

@@ -120,3 +120,53 @@ def test_a_dead_owners_claim_is_taken_over(tmp_path):
     t0 = time.time()
     df = run_sweep(sweep, store, executor='serial', progress=False, stale=1.0)   # the ghost never beats: taken over after 1 s
     assert len(df) == 2 and time.time() - t0 >= 1.0 and not store.running(stale=1e9)
+
+def _session(sid:int) -> list:
+    "Pids of the processes in session `sid` (the killed sweep, its forkserver, resource tracker and pool workers)"
+    out = []
+    for d in os.listdir('/proc'):
+        if not d.isdigit(): continue
+        try: stat = open(f'/proc/{d}/stat').read()
+        except OSError: continue
+        fields = stat[stat.rindex(')') + 2:].split()       # after "pid (comm) ": state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid and fields[0] != 'Z': out.append(int(d))
+    return out
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads the process table from /proc')
+def test_killed_pool_sweep_leaves_nothing_and_resumes(tmp_path):
+    "SIGKILL a sweep on the process pool while its workers train: the forkserver, its resource tracker and the workers exit; the rerun keeps what was committed, trains the rest once, and equals an uninterrupted sweep"
+    db = tmp_path / 'killed.db'
+    spec = RunSpec(width=256, depth=3, stream=dict(n_tasks=3), train=dict(epochs=3, n_probe=0, n_ntk=0))
+    sweep = Sweep('poolkill', dict(seed=list(range(16))), spec)
+    code = textwrap.dedent(f"""
+        from cl_scale.sweep import *
+        if __name__ == '__main__':
+            spec = RunSpec.from_dict({spec.to_dict()!r})
+            run_sweep(Sweep('poolkill', dict(seed=list(range(16))), spec), ResultStore({str(db)!r}), workers=2, batch=1, progress=False)
+    """)
+    script = tmp_path / 'sweep.py'; script.write_text(code)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, str(script)], cwd=root, start_new_session=True)
+    t0, warm_at = time.time(), None
+    while time.time() - t0 < 300 and p.poll() is None:
+        n = len(ResultStore(db).done()) if db.exists() else 0
+        if warm_at is None and len(_session(p.pid)) >= 5: warm_at = n      # parent, tracker, forkserver and two workers
+        if warm_at is not None and n >= warm_at + 2: break                 # the workers have committed runs too
+        time.sleep(0.05)
+    assert p.poll() is None, "the sweep ended before it could be killed"
+    assert len(_session(p.pid)) >= 5, "the pool's workers were not running when the sweep was killed"
+    p.send_signal(signal.SIGKILL); p.wait()
+    t0 = time.time()
+    while _session(p.pid) and time.time() - t0 < 30: time.sleep(0.1)
+    assert _session(p.pid) == [], f"processes left behind by the killed sweep: {_session(p.pid)}"
+    store = ResultStore(db)
+    kept = dict(store._rows("SELECT run_id, finished FROM runs WHERE status='done'"))
+    assert 2 <= len(kept) < 16, f"the kill came too late or too early: {len(kept)} runs committed"
+    df = _by_id(run_sweep(sweep, store, workers=2, batch=1, progress=False))
+    after = dict(store._rows("SELECT run_id, finished FROM runs"))
+    assert len(after) == 16 and len(df) == 16 and not store.running(stale=1e9)    # none lost, none twice
+    assert all(after[k] == v for k, v in kept.items())                             # committed runs were not re-trained
+    ref = _by_id(run_sweep(sweep, ResultStore(tmp_path / 'whole.db'), workers=2, batch=1, progress=False))
+    assert list(df.index) == list(ref.index)
+    np.testing.assert_array_equal(df.AA.values, ref.AA.values)      # same threads per run in every process: the same numbers
+    np.testing.assert_array_equal(df.FA.values, ref.FA.values)
