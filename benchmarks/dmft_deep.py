@@ -8,14 +8,14 @@ What it prints (nothing is asserted):
    per task, split into the part that grows like n² (sampling, integrating, kernels) and the pathwise response
    functions, which grow like S·n³ (n = time points × pooled samples), and the fitted exponents;
 2. the peak resident memory of each run above the process baseline, next to a memory model counted from the code
-   (dense n×n matrices + n×S field arrays + capped response batches), and from the model the largest grid n (and n·S)
+   (`deep_model_mb`: dense n×n matrices + n×S field arrays + row blocks + capped response batches), and from the model the largest grid n (and n·S)
    that fits in 24 GiB — an EXTRAPOLATION checked against the measured sizes, not a run;
 3. the goal problem of the issue (2 tasks × 20 samples, 100 time points per task, 2 hidden layers, residual 1e-3, < 10 min
    on 2 cores): the exact (pathwise) responses are timed on 10 steps per task and extrapolated (they cost a day per
    iteration at n = 8040), then the whole problem is SOLVED with the coarse responses (`resp_every=10`,
    `resp_samples=128`: the first order exact, the remainder on blocks of 10 steps from 128 samples) in float64 after a
    float32 start (`float32_until=3e-2`: the iterations whose residual is above 3e-2 run in float32, about twice as
-   fast; float32 alone stalls on a rounding floor near 7e-3) and timed.
+   fast; float32 alone stalls on a rounding floor near 7e-3) and timed, its peak memory printed next to the model.
    `--goal-only` runs only the solved goal problem (no exact timing).
 The machine's load average is printed: on a shared machine the times are upper bounds.
 """
@@ -71,12 +71,7 @@ def main():
     e_resp = np.polyfit(np.log(n_), np.log(resp_), 1)[0]
     e_rest = np.polyfit(np.log(n_), np.log(np.maximum(sec_ - resp_, 1e-9)), 1)[0]
     print(f"fitted exponents in n: responses {e_resp:.2f} (model 3), the rest {e_rest:.2f} (model 2)")
-    # memory model, counted from the code (L = 2): 16 dense n×n float64 matrices (kernels, responses, their new estimates,
-    # the drift matrices, a Cholesky factor, the causal mask), 22 n×S float64 field arrays (sources, fields, drives, the
-    # kept sweep of each layer), and the response batches: 3 float32 (n × n × batch) states, capped at 256 MiB together
-    def model_mb(n, S_):
-        batch_bytes = min(S_, max(1, 2**28 // (12 * n * n))) * 12 * n * n
-        return (8 * (16 * n * n + 22 * n * S_) + batch_bytes) / 2**20
+    def model_mb(n, S_): return deep_model_mb(n, S_)
     print("memory model (counted from the code) vs measured peak above baseline:")
     for n, m in zip(n_, mem_): print(f"  n = {int(n):>5}: model {model_mb(int(n), S):8.0f} MB, measured {m:8.0f} MB")
     budget = 24 * 1024
@@ -91,6 +86,21 @@ def main():
     print(f"  the goal grid n = {n_goal} at S = {S}: {model_mb(n_goal, S) / 1024:.1f} GiB (fits; time, not memory, is the limit)")
     goal_section(S, e_resp, e_rest)
 
+def deep_model_mb(n, S_, coarse_rows=None, L=2):
+    """Memory model of one `solve_deep` iteration in float64, counted from the code (depth L = 2):
+    - 2(L-1) dense n×n: the kernel pairs (Φ¹ with A¹, G² with B¹: each kernel stored once, in half a buffer);
+    - exact responses (`coarse_rows` None) add 5: the drifts C̃, D̃ whole, the new A and B whole, and C̃, D̃ in float32
+      (2 × ½); with S > n the sources are drawn by Cholesky: + 1 (the factor, LAPACK's working copy in place);
+    - 11 n×S float64: 2 common random sources (u², r¹), the factors of Φ¹ and G² (φ/√S, g/√S: the samples themselves),
+      the running layer's φ, φ', g, h, Λ2 and its source, and the readout layer's g and φ' kept for B¹ and G²;
+    - row blocks (≈ 520 rows × n): about 6 at a time (the drift block, the moment block, the lift, the damped update);
+    - coarse responses: the drifts' rows at the block starts (3 × coarse_rows × n), and the response batches,
+      3 float32 (m × m × batch) states with m = coarse_rows (or n when exact), capped at 256 MiB together."""
+    m = n if coarse_rows is None else coarse_rows
+    dense = 2 * (L - 1) + (5 if coarse_rows is None else 0) + (1 if S_ > n else 0)
+    batch_bytes = min(S_, max(1, 2**28 // (12 * m * m))) * 12 * m * m
+    return (8 * (dense * n * n + 11 * n * S_ + 6 * 520 * n + 3 * (coarse_rows or 0) * n) + batch_bytes) / 2**20
+
 def goal_section(S, e_resp=3.0, e_rest=2.0, every=10, resp_samples=128, exact=True):
     n_goal = 40 * 201
     print("\n3. the goal problem: 2 tasks × 20 samples, 100 time points per task, 2 hidden layers, residual 1e-3")
@@ -103,7 +113,7 @@ def goal_section(S, e_resp=3.0, e_rest=2.0, every=10, resp_samples=128, exact=Tr
               f"extrapolated to n = {n_goal}: {est:.3g} s ≈ {est / 3600:.3g} h PER ITERATION")
     print(f"  coarse responses (resp_every={every}, resp_samples={resp_samples}), float64 after a float32 start "
           f"(float32_until=3e-2), S = {S}, the whole problem, solved:")
-    base = rss_mb()
+    base, cpu0 = rss_mb(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DMFTConvergenceWarning)
         t = time.perf_counter()
@@ -111,8 +121,12 @@ def goal_section(S, e_resp=3.0, e_rest=2.0, every=10, resp_samples=128, exact=Tr
                          resp_samples=resp_samples, dtype=torch.float64, float32_until=3e-2, smooth_step=True, jitter=1e-6,
                          progress=True)
         wall = time.perf_counter() - t
-    print(f"  → {wall:.0f} s ({wall / 60:.1f} min) for {len(res.residuals)} iterations, converged={res.converged}, final residual "
-          f"{res.residuals[-1]:.2e}; peak memory above baseline {rss_mb() - base:.0f} MB; load average now {os.getloadavg()[0]:.1f}")
+    peak, cpu = rss_mb() - base, time.process_time() - cpu0
+    print(f"  → {wall:.0f} s ({wall / 60:.1f} min; CPU time {cpu:.0f} s) for {len(res.residuals)} iterations, converged={res.converged}, final residual "
+          f"{res.residuals[-1]:.2e}; peak memory above baseline {peak:.0f} MB (whole process {rss_mb():.0f} MB); load average now {os.getloadavg()[0]:.1f}")
+    rows = len(dmft._response_grid([100, 100], every)["tc"]) * goal.P_tot       # coarse rows: block starts × samples
+    print(f"  memory model (deep_model_mb: 2 dense n×n float64 + 11 n×S float64 + row blocks + coarse rows and batches): "
+          f"{deep_model_mb(n_goal, S, rows):.0f} MB, measured {peak:.0f} MB")
     print(f"  residuals ({res.config['float32_iterations']} float32 iterations, then float64):",
           " ".join(f"{r:.1e}" for r in res.residuals))
     print("  the largest kernel change in each iteration came from:", " ".join(max(p, key=p.get) for p in res.config['residual_parts']))

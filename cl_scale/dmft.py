@@ -445,38 +445,28 @@ def _response_grid(steps, every:int, P:int=1):
                 blk=np.repeat(np.arange(len(tc)), w),                            # the block of every time step
                 wcol=np.repeat(w, P).astype(float))                              # block lengths on the (time × sample) grid
 
-def _responses_coarse(C, D, l1, l2, want_A:bool, want_B:bool, P:int, grid, strict, n_sub:int=None):
-    "`_responses` with the first order exact on the full grid and the higher orders from the coarse `grid` (and the first `n_sub` samples), interpolated; `strict`: the (time × time) mask s < t"
-    tc = grid['tc']
+def _coarse_remainder(Cc, Dc, l1, l2, want_A:bool, want_B:bool, P:int, grid, n_sub:int=None):
+    """The higher orders of the responses on the coarse `grid` (from the first `n_sub` samples): `Cc`, `Dc` are the drifts'
+    rows at the blocks' first steps with their columns summed over each block. Returns (RA, RB), each per fine step
+    (÷ the block lengths) as (ntc, P, ntc, P), for `_lift_rows`; the first order is added on the full grid by the caller"""
     n, S = l1.shape
     Sr = S if n_sub is None else min(S, n_sub)
-    dt, ntc = C.dtype, len(tc)
-    T = lambda M: torch.as_tensor(M, dtype=dt)
-    idx = torch.as_tensor((tc[:, None] * P + np.arange(P)).reshape(-1))
-    wcol, blk = T(grid['wcol']), torch.as_tensor(grid['blk'])
-    # rows at the blocks' first steps, columns integrated over each block (C, D are strictly causal / causal in time)
-    bsum = lambda M: torch.zeros(len(idx), ntc, P, dtype=dt).index_add_(1, blk, M[idx].view(len(idx), -1, P)).view(len(idx), -1)
-    Cc, Dc = bsum(C), bsum(D)
+    dt, ntc = Cc.dtype, len(grid['tc'])
+    wcol, blk = torch.as_tensor(grid['wcol'], dtype=dt), torch.as_tensor(grid['blk'])
     # the per-sample diagonals are averaged over each block (product integration): ReLU's φ''(h) z is a narrow bump in
     # time around a zero crossing, which a point sample would catch or miss
     avg = lambda v: torch.zeros(ntc, P, v.shape[1], dtype=dt).index_add_(0, blk, v.view(-1, P, v.shape[1])).view(-1, v.shape[1]) / wcol[:, None]
     l1c, l2c = avg(l1[:, :Sr]), avg(l2[:, :Sr])
     EAc, EBc = _responses(Cc, Dc, l1c, l2c, want_A, want_B, P)
-    # ⟨Λ1 ⊗ Λ1⟩, the moment the first order needs; only its causal part is used (C, D vanish above the diagonal blocks)
-    # only the columns where C (for A) or D (for B) is non-zero: for two hidden layers, the drive c of the task being
-    # trained, half the columns with two tasks. ReLU's (and the linear) φ' is 0 or 1, so float32 sums of up to 2²⁴ of them are exact
-    cols = torch.nonzero(((C != 0).any(0) if want_A else False) | ((D != 0).any(0) if want_B else False)).flatten()
-    binary = bool(((l1 == 0) | (l1 == 1)).all())
-    ll = _lower_gram(l1.float() if binary and S < 2**24 else l1, 1 / S, P, sym=False, cols=cols).to(dt)
     llc = l1c @ l1c.T / Sr
-    Wr, Wc = T(grid['Wr']), T(grid['Wc'])
-    def lift(Rc):
-        "a coarse remainder (rows at block starts, columns summed over blocks) → per fine step, interpolated, strictly causal"
-        Rp = (Rc.to(dt) / wcol).reshape(ntc, P, ntc, P)
-        return (torch.einsum('ti,iajb,sj->tasb', Wr, Rp, Wc) * strict.to(dt)[:, None, :, None]).reshape(n, n)
-    A = C * ll + lift(EAc - Cc * llc) if want_A else None
-    B = (D * ll + torch.diag(l2.mean(1)) + lift(EBc - Dc * llc - torch.diag(l2c.mean(1)))) if want_B else None
-    return A, B
+    per_step = lambda Rc: (Rc.to(dt) / wcol).reshape(ntc, P, ntc, P)
+    return (per_step(EAc - Cc * llc) if want_A else None), (per_step(EBc - Dc * llc - torch.diag(l2c.mean(1))) if want_B else None)
+
+def _lift_rows(Rp, Wr, Wc, strict, t0:int, t1:int) -> torch.Tensor:
+    "Rows of times [t0, t1), columns of times [0, t1), of a coarse remainder interpolated linearly to every fine step and cut to s < t"
+    P = Rp.shape[1]
+    out = torch.einsum('ti,iajb,sj->tasb', Wr[t0:t1], Rp, Wc[:t1]) * strict[t0:t1, :t1, None].to(Rp.dtype)[:, None]
+    return out.reshape((t1 - t0) * P, t1 * P)
 
 def _check_deep(depth, S, damping, tol, max_iter, kink, jitter):
     if not isinstance(depth, (int, np.integer)) or isinstance(depth, bool) or depth < 1: raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
@@ -546,13 +536,44 @@ class DeepConfig:
         return with_options(cls, config, 'solve_deep option', **options)
 
 # %% ../nbs/11_dmft.ipynb #2e0be814
+@dataclass
+class _Pair:
+    """Two kernels of the grid in one n × n buffer `M`: a symmetric one (Φ or G) in the block-lower triangle (times
+    s ≤ t, its diagonal blocks whole) and a causal one (A or B) transposed into the strictly block-upper triangle; the
+    causal one's diagonal blocks (s = t: B only, A is strictly causal) apart in `D` (n_t × P × P)"""
+    M: torch.Tensor
+    D: torch.Tensor = None
+    def to(self, dt): return _Pair(self.M.to(dt), None if self.D is None else self.D.to(dt))
+
+def _blockmask(nt:int, P:int, strict:bool) -> torch.Tensor:
+    "(n × n) bool: the row's time after the column's (`strict`), or not before it"
+    m = torch.ones(nt, nt, dtype=torch.bool).tril_(-1 if strict else 0)
+    return m[:, None, :, None].expand(nt, P, nt, P).reshape(nt * P, nt * P)
+
+def _pair_full(K:_Pair, which:str, nt:int, P:int) -> torch.Tensor:
+    "One kernel of the pair as a dense n × n matrix: 'sym' mirrored, 'causal' with its diagonal blocks"
+    strict = _blockmask(nt, P, True)
+    if which == 'sym': return torch.where(_blockmask(nt, P, False), K.M, 0) + torch.where(strict, K.M, 0).T
+    out = torch.where(strict, K.M.T, 0)
+    if K.D is not None:
+        for t in range(nt): out[t * P:(t + 1) * P, t * P:(t + 1) * P] = K.D[t]
+    return out
+
+def _pair_set(K:_Pair, which:str, full:torch.Tensor, nt:int, P:int):
+    "Overwrite one kernel of the pair (in place) from a dense n × n matrix: 'sym' from its block-lower triangle, 'causal' from its causal part"
+    if which == 'sym': K.M.copy_(torch.where(_blockmask(nt, P, False), full, K.M)); return
+    K.M.copy_(torch.where(_blockmask(nt, P, True).T, full.T, K.M))
+    if K.D is not None:
+        for t in range(nt): K.D[t] = full[t * P:(t + 1) * P, t * P:(t + 1) * P]
+
 def _deep_noise(problem:DMFTProblem, cfg:DeepConfig, steps:list, nt:int, n:int, use_fac:bool):
     "The common random numbers (drawn once in float64, reused by every iteration) and the problem's arrays on the grid; and the task slices"
     S, L, P, T, f64 = cfg.S, int(cfg.depth), problem.P_tot, problem.n_tasks, torch.float64
     gen = torch.Generator().manual_seed(cfg.seed)
     # common random numbers: drawn once (in float64 whatever the precision, so both precisions see the same noise)
     # and reused by every iteration
-    noise = dict(U1=(torch.as_tensor(_sqrt_psd(problem.Kx), dtype=f64) @ torch.randn(P, S, generator=gen, dtype=f64)).repeat(nt, 1),
+    # (the first layer's source is constant in time: one P × S block, not repeated on the grid)
+    noise = dict(U1=torch.as_tensor(_sqrt_psd(problem.Kx), dtype=f64) @ torch.randn(P, S, generator=gen, dtype=f64),
                  w0=torch.zeros(S, dtype=f64) if cfg.readout == 'zero' else torch.randn(S, generator=gen, dtype=f64))
     noise |= {('u', l): torch.randn(n, S, generator=gen, dtype=f64) for l in range(2, L + 1)}
     noise |= {('r', l): torch.randn(n, S, generator=gen, dtype=f64) for l in range(1, L)}
@@ -567,14 +588,16 @@ def _deep_noise(problem:DMFTProblem, cfg:DeepConfig, steps:list, nt:int, n:int, 
     return fixed, sls
 
 def _deep_start(problem:DMFTProblem, cfg:DeepConfig, nt:int, n:int, use_fac:bool, dt):
-    "The lazy start: Φ^ℓ the arc-cosine kernels, constant in time; G; A = B = 0; the sources' factors; ReLU's smoothing widths τ_ℓ"
+    "The lazy start: Φ^ℓ the arc-cosine kernels, constant in time; G; A = B = 0 (stored in pairs, `_Pair`); the sources' factors; ReLU's smoothing widths τ_ℓ"
     L, P, act, readout, kink = int(cfg.depth), problem.P_tot, cfg.act, cfg.readout, cfg.kink
     # initial state: the lazy kernels, constant in time; A = B = 0
     Phi0 = [np.asarray(problem.Kx)]
     for _ in range(L): Phi0.append(arccos_kernels(Phi0[-1], act)[0])
-    tile = lambda M: torch.kron(torch.ones(nt, nt, dtype=dt), torch.as_tensor(M, dtype=dt))
-    Phi = {l: tile(Phi0[l]) for l in range(0, L)}
-    G = {L + 1: torch.ones(n, n, dtype=dt)} | {l: torch.zeros(n, n, dtype=dt) for l in range(2, L + 1)}
+    # the boundaries Φ⁰ = Kˣ, G^{L+1} = 1, A⁰ = B^L = 0 are not stored; a kernel constant in time fills the block-lower
+    # triangle of its pair, and its partner (A or B) is 0
+    tile = lambda M: torch.kron(torch.ones(nt, nt, dtype=dt).tril_(), torch.as_tensor(M, dtype=dt))
+    PA = {l: _Pair(tile(Phi0[l])) for l in range(1, L)}
+    GB = {l: _Pair(torch.zeros(n, n, dtype=dt), torch.zeros(nt, P, P, dtype=dt)) for l in range(2, L + 1)}
     # a factor F (n × r, F Fᵀ = kernel) of every kernel that is sampled, when one is known without factoring: the lazy
     # start is constant in time (F = 1 ⊗ √K), and an undamped update is a sample average, Φ = φφᵀ/S, so F = φ/√S
     col = lambda M: torch.kron(torch.ones(nt, 1, dtype=dt), torch.as_tensor(_sqrt_psd(M), dtype=dt))
@@ -583,15 +606,13 @@ def _deep_start(problem:DMFTProblem, cfg:DeepConfig, nt:int, n:int, use_fac:bool
     if readout == 'centered':
         Gc = np.ones((P, P))
         for l in range(L, 1, -1):
-            Gc = Gc * arccos_kernels(Phi0[l - 1], act)[1]; G[l] = tile(Gc)
+            Gc = Gc * arccos_kernels(Phi0[l - 1], act)[1]; GB[l].M = tile(Gc)
             if use_fac: fac['G', l] = col(Gc)
-    A = {l: torch.zeros(n, n, dtype=dt) for l in range(0, L)}
-    B = {l: torch.zeros(n, n, dtype=dt) for l in range(1, L + 1)}
     taus = {l: kink * math.sqrt(max(np.diag(Phi0[l - 1]).mean(), 1e-300)) for l in range(1, L + 1)}
     strict_t = torch.ones(nt, nt).tril_(-1)                  # s < t between time steps (the grid's mask, per block)
-    return Phi, G, A, B, fac, taus, strict_t
+    return PA, GB, fac, taus, strict_t
 
-def _deep_warm_start(init:DMFTResult, cfg:DeepConfig, steps:list, Phi, G, A, B, nt:int, n:int, P:int, dt, strict_t):
+def _deep_warm_start(init:DMFTResult, cfg:DeepConfig, steps:list, PA, GB, nt:int, n:int, P:int, dt, strict_t):
     "Overwrite the start (in place) with `init`'s two-time kernels, interpolated in task-relative time; the factors are dropped"
     L, eta0 = int(cfg.depth), cfg.eta0
     # a warm start: another solve's two-time kernels, interpolated in task-relative time. The responses are per step
@@ -605,10 +626,10 @@ def _deep_warm_start(init:DMFTResult, cfg:DeepConfig, steps:list, Phi, G, A, B, 
     up = lambda M: torch.einsum('ti,iajb,sj->tasb', Wt, torch.as_tensor(M, dtype=dt).view(nt0, P, nt0, P), Wt)
     scale, causal_t = eta0 / init.config['eta0'], torch.ones(nt, nt).tril_()
     for l in range(1, L):
-        Phi[l] = up(tt['Phi'][l]).reshape(n, n)
-        A[l] = (up(tt['A'][l]) * (scale * strict_t[:, None, :, None])).reshape(n, n)
-        B[l] = (up(tt['B'][l]) * (scale * causal_t[:, None, :, None])).reshape(n, n)
-    for l in range(2, L + 1): G[l] = up(tt['G'][l]).reshape(n, n)
+        _pair_set(PA[l], 'sym', up(tt['Phi'][l]).reshape(n, n), nt, P)
+        _pair_set(PA[l], 'causal', (up(tt['A'][l]) * (scale * strict_t[:, None, :, None])).reshape(n, n), nt, P)
+        _pair_set(GB[l + 1], 'causal', (up(tt['B'][l]) * (scale * causal_t[:, None, :, None])).reshape(n, n), nt, P)
+    for l in range(2, L + 1): _pair_set(GB[l], 'sym', up(tt['G'][l]).reshape(n, n), nt, P)
     return {}                                                      # interpolated kernels: factored by Cholesky
 
 # %% ../nbs/11_dmft.ipynb #56ab30fa
@@ -627,7 +648,9 @@ class _DeepState:
     st: dict                       # the same in the current precision
     sls: list                      # each task's sample slice
     grid: object                   # the coarse response grid (None: exact responses at every step)
-    Phi: dict; G: dict; A: dict; B: dict; fac: dict; taus: dict
+    PA: dict                       # ℓ = 1..L-1: Φ^ℓ with A^ℓ, one `_Pair` (one n × n buffer)
+    GB: dict                       # ℓ = 2..L: G^ℓ with B^{ℓ-1}, one `_Pair`
+    fac: dict; taus: dict
     strict_t: torch.Tensor         # s < t between time points
     @property
     def n(self) -> int: return self.nt * self.P
@@ -640,27 +663,32 @@ def _deep_setup(problem:DMFTProblem, cfg:DeepConfig, init:DMFTResult=None) -> _D
     use_fac = cfg.sources == 'factor' or (cfg.sources == 'auto' and cfg.S <= n)
     fixed, sls = _deep_noise(problem, cfg, steps, nt, n, use_fac)
     grid = None if cfg.resp_every == 1 and cfg.resp_samples is None else _response_grid(steps, int(cfg.resp_every), P)
-    Phi, G, A, B, fac, taus, strict_t = _deep_start(problem, cfg, nt, n, use_fac, dt)
-    if init is not None: fac = _deep_warm_start(init, cfg, steps, Phi, G, A, B, nt, n, P, dt, strict_t)
+    PA, GB, fac, taus, strict_t = _deep_start(problem, cfg, nt, n, use_fac, dt)
+    if init is not None: fac = _deep_warm_start(init, cfg, steps, PA, GB, nt, n, P, dt, strict_t)
     return _DeepState(cfg, steps, L, P, nt, cfg.gamma0 / math.sqrt(cfg.base_width), dt, use_fac, fixed,
-                      {k: v.to(dt) for k, v in fixed.items()}, sls, grid, Phi, G, A, B, fac, taus, strict_t)
+                      {k: v.to(dt) for k, v in fixed.items()}, sls, grid, PA, GB, fac, taus, strict_t)
 
 # %% ../nbs/11_dmft.ipynb #6fde7acd
-def _deep_source(s:_DeepState, kind:str, k:int, kern:dict, name:str, l:int) -> torch.Tensor:
-    "Gaussian sources with the covariance of kernel `kern[k]` on the grid (n × S), from the common random numbers"
+def _deep_source(s:_DeepState, kind:str, k:int, name:str, l:int) -> torch.Tensor:
+    "Gaussian sources with the covariance of kernel Φ^k or G^k (`kind`) on the grid (n × S), from the common random numbers"
     F = s.fac.get((kind, k))
     if F is not None: return F @ s.st['x' + name, l][:F.shape[1]]
-    return _tri_mm(_chol(kern[k], s.cfg.jitter), s.st[name, l])
+    # Cholesky reads only the block-lower triangle of the pair's buffer, where the symmetric kernel is
+    return _tri_mm(_chol((s.PA if kind == 'Phi' else s.GB)[k].M, s.cfg.jitter), s.st[name, l])
 
-def _deep_simulate(s:_DeepState, l:int, Ct=None, Dt=None, c=None) -> dict:
-    """Layer l's single-site process on the whole grid: φ, φ', g, h, z (n × S) and, for the readout layer, Δ and the
-    drive c. Below the readout, c is known and the drifts are the matrices C̃ = A + Φ∘c (for h) and D̃ = B + G∘c (for z)."""
+def _deep_simulate(s:_DeepState, l:int, c=None) -> dict:
+    """Layer l's single-site process on the whole grid: φ, φ', g, h and, for the responses (L > 1), Λ2 = φ''(h) z (n × S);
+    for the readout layer also Δ and the drive c. Below the readout, c is known and the drifts are C̃ = A + Φ∘c (for h) and D̃ = B + G∘c (for z), formed
+    block by block from the stored kernels (`_drift_block`)."""
     cfg, L, P, nt, n, dt, st = s.cfg, s.L, s.P, s.nt, s.n, s.dt, s.st
-    S, Kst, relu, A, Phi = cfg.S, s.nt - 1, cfg.act == 'relu', s.A, s.Phi
+    S, Kst, relu = cfg.S, s.nt - 1, cfg.act == 'relu'
     top, bottom = l == L, l == 1
-    U = st['U1'] if bottom else _deep_source(s, 'Phi', l - 1, Phi, 'u', l)
-    Rs = None if top else _deep_source(s, 'G', l + 1, s.G, 'r', l)
-    phi, dph, gg, hh, zz = (torch.empty(n, S, dtype=dt) for _ in range(5))
+    CK, DK = _drift_kernels(s, l)
+    U = None if bottom else _deep_source(s, 'Phi', l - 1, 'u', l)
+    Rs = None if top else _deep_source(s, 'G', l + 1, 'r', l)
+    phi, dph, gg, hh = (torch.empty(n, S, dtype=dt) for _ in range(4))
+    l2 = torch.zeros(n, S, dtype=dt) if L > 1 else None  # z itself is not kept: only Λ2, made as the steps go
+    tau = s.taus[l]
     if top: Delta, c = torch.empty(nt, P, dtype=dt), torch.zeros(nt, P, dtype=dt)
     cf = c.reshape(-1); c = cf.view(nt, P)              # (for the readout layer, filled in as the steps go)
     # the boundary kernels are constant in time, so their drifts are running sums, not products with the past:
@@ -672,84 +700,168 @@ def _deep_simulate(s:_DeepState, l:int, Ct=None, Dt=None, c=None) -> dict:
         b = slice(t * P, (t + 1) * P)
         if t % kb == 0:
             # blocked forward substitution: what the block's steps receive from before the block is one large
-            # matrix product; inside the block, step by step (a small product per step keeps it causal)
-            t0, rows, old = t, slice(t * P, min(t + kb, nt) * P), slice(0, t * P)
-            if not bottom:                               # the readout layer forms A + Φ∘c as c becomes known
-                preH = (A[l - 1][rows, old] + Phi[l - 1][rows, old] * cf[old] if top else Ct[rows, old]) @ gg[old]
-            if not top: preZ = Dt[rows, old] @ phi[old]
+            # matrix product; inside the block, step by step (a small product per step keeps it causal). The drifts'
+            # rows of the block are formed once (the readout layer's only up to the block: its c is not known beyond)
+            t0, t1, old = t, min(t + kb, nt), slice(0, t * P)
+            if not bottom:
+                Hb = _drift_block(s, CK, cf, t0, t1, 0, t0 if top else t1)
+                preH = Hb[:, old] @ gg[old]
+            if not top:
+                Zb = _drift_block(s, DK, cf, t0, t1, 0, t1)
+                preZ = Zb[:, old] @ phi[old]
         k, past = slice((t - t0) * P, (t - t0 + 1) * P), slice(t0 * P, t * P)
-        if bottom: h = U[b] + st['Kx'] @ acc_g
-        else: h = U[b] + preH[k] + (A[l - 1][b, past] + Phi[l - 1][b, past] * cf[past] if top else Ct[b, past]) @ gg[past]
+        if bottom: h = st['U1'] + st['Kx'] @ acc_g
+        else: h = U[b] + preH[k] + (_drift_block(s, CK, cf, t, t + 1, t0, t) if top else Hb[k, past]) @ gg[past]
         ph = h.clamp(min=0) if relu else h
         # φ'(h): ReLU's step, or (`smooth_step`) the Gaussian CDF of width τ, the integral of the smoothed φ'' below
-        phi[b], hh[b], dph[b] = ph, h, ((0.5 * torch.erfc(-h / (s.taus[l] * math.sqrt(2))) if cfg.smooth_step else (h > 0).to(dt))
+        phi[b], hh[b], dph[b] = ph, h, ((0.5 * torch.erfc(-h / (tau * math.sqrt(2))) if cfg.smooth_step else (h > 0).to(dt))
                                         if relu else 1.0)
         if top: z = (st['w0'] + acc_z).expand(P, S)
-        else: z = Rs[b] + preZ[k] + Dt[b, t0 * P:(t + 1) * P] @ phi[t0 * P:(t + 1) * P]     # B includes s = t
+        else: z = Rs[b] + preZ[k] + Zb[k, t0 * P:(t + 1) * P] @ phi[t0 * P:(t + 1) * P]     # B includes s = t
         if top:                                              # the output, from this layer's own samples
             f = (z * ph).mean(1) / s.gt
             if cfg.readout == 'centered':
                 f0 = f.clone() if f0 is None else f0
                 f = f - f0
             Delta[t] = st['y'] - f
-        zz[b], gg[b] = z, dph[b] * z
+        gg[b] = dph[b] * z
+        # Λ2 = φ''(h) z, ReLU's φ'' smoothed to a Gaussian of width τ (0 for the linear network)
+        if l2 is not None and relu: l2[b] = torch.exp(-0.5 * (h / tau)**2) / (tau * math.sqrt(2 * math.pi)) * z
         if t < Kst:
             if top: c[t] = cfg.eta0 * s.gt * st['mask'][t] * Delta[t] / st['Pc'][t]
             if bottom: acc_g += c[t][:, None] * gg[b]
             if top: acc_z += c[t] @ ph
-    return dict(phi=phi, dph=dph, g=gg, h=hh, z=zz, c=cf, **(dict(Delta=Delta) if top else {}))
+    return dict(phi=phi, dph=dph, g=gg, h=hh, l2=l2, c=cf, **(dict(Delta=Delta) if top else {}))
 
 # %% ../nbs/11_dmft.ipynb #a03c2d3d
-def _deep_drift(s:_DeepState, l:int, c:torch.Tensor) -> tuple:
-    "(A + Φ∘c, B + G∘c) of layer `l` on the grid, Φ∘c and G∘c strictly causal"
-    nt, P, n, strict_t = s.nt, s.P, s.n, s.strict_t
-    Cd = torch.mul(s.Phi[l - 1], c[None, :]).view(nt, P, nt, P).mul_(strict_t[:, None, :, None]).view(n, n)
-    if l > 1: Cd.add_(s.A[l - 1])
-    if l == s.L: Dd = (strict_t[:, None, :, None] * c.view(1, 1, nt, P)).expand(nt, P, nt, P).reshape(n, n)
+def _drift_kernels(s:_DeepState, l:int) -> tuple:
+    "The kernels of layer l's drifts: C̃ from the pair (Φ^{ℓ-1}, A^{ℓ-1}), or Φ⁰ = Kˣ (P × P, constant in time); D̃ from (G^{ℓ+1}, B^ℓ), or G^{L+1} = 1"
+    return (s.st['Kx'] if l == 1 else s.PA[l - 1]), (torch.ones(s.P, s.P, dtype=s.dt) if l == s.L else s.GB[l + 1])
+
+def _drift_block(s:_DeepState, K, c:torch.Tensor, t0:int, t1:int, s0:int, s1:int) -> torch.Tensor:
+    """Rows of times [t0, t1) and columns of times [s0, s1) of the drift (causal kernel) + (symmetric kernel)∘c, the
+    product strictly causal (s < t), the causal kernel with its diagonal blocks; `K` a `_Pair`, or a P × P kernel
+    constant in time with no partner (Φ⁰ = Kˣ, G^{L+1} = 1)"""
+    P = s.P
+    r, q = slice(t0 * P, t1 * P), slice(s0 * P, s1 * P)
+    if isinstance(K, torch.Tensor): X = K.repeat(t1 - t0, s1 - s0) * c[q]
     else:
-        Dd = torch.mul(s.G[l + 1], c[None, :]).view(nt, P, nt, P).mul_(strict_t[:, None, :, None]).view(n, n)
-        Dd.add_(s.B[l])
-    return Cd, Dd
+        X = K.M[r, q] * c[q]
+        X += K.M[q, r].T                                 # the causal kernel, stored transposed (masked below)
+    X.view(t1 - t0, P, s1 - s0, P).mul_(s.strict_t[t0:t1, s0:s1][:, None, :, None])
+    if isinstance(K, _Pair) and K.D is not None:
+        for t in range(max(t0, s0), min(t1, s1)): X[(t - t0) * P:(t - t0 + 1) * P, (t - s0) * P:(t - s0 + 1) * P] += K.D[t]
+    return X
+
+def _deep_drift(s:_DeepState, l:int, c:torch.Tensor) -> tuple:
+    "(A + Φ∘c, B + G∘c) of layer `l` as dense n × n matrices, Φ∘c and G∘c strictly causal (for the exact responses, which need them whole)"
+    CK, DK = _drift_kernels(s, l)
+    return _drift_block(s, CK, c, 0, s.nt, 0, s.nt), _drift_block(s, DK, c, 0, s.nt, 0, s.nt)
 
 # %% ../nbs/11_dmft.ipynb #c5efab21
-def _deep_sweep(s:_DeepState) -> tuple:
-    "One fixed-point iteration: every layer simulated given the current kernels (readout first); (new kernels, samples)"
-    L, P, S = s.L, s.P, s.cfg.S
-    new, sims, c, relu = {}, {}, None, s.cfg.act == 'relu'
+def _store(s:_DeepState, K:_Pair, which:str, rows, beta:float) -> tuple:
+    """Write a new estimate of one kernel of the pair `K` ('sym' or 'causal') into its place, row block by row block,
+    damped (β·old + (1 − β)·new) and in place; `rows(t0, t1)` gives the estimate's rows of times [t0, t1), columns of
+    times [0, t1). Returns (‖estimate − old‖², ‖estimate‖²) of the whole n × n kernel (a symmetric one counted in full)"""
+    P, dif, nrm = s.P, 0.0, 0.0
+    def put(new, old, w):                                  # w: weight of each entry in the full kernel (0: not this kernel's)
+        nonlocal dif, nrm
+        d = new - old
+        dif += float((d * d).mul_(w).sum()); nrm += float((new * new).mul_(w).sum())
+        upd = new if beta == 0 else beta * old + (1 - beta) * new
+        old.copy_(upd if isinstance(w, float) else torch.where(w > 0, upd, old))
+    for i, e in _row_blocks(s.n, P):
+        t0, t1 = i // P, e // P
+        new = rows(t0, t1)
+        sq = s.strict_t[t0:t1, t0:t1]
+        blk = lambda m: m[:, None, :, None].expand(t1 - t0, P, t1 - t0, P).reshape(e - i, e - i).to(new.dtype)
+        if which == 'sym':                                 # below the diagonal blocks: twice (the mirror); on them: once
+            put(new[:, :i], K.M[i:e, :i], 2.0); put(new[:, i:e], K.M[i:e, i:e], blk(2 * sq + torch.eye(t1 - t0)))
+        else:                                              # stored transposed; the diagonal blocks (B) apart
+            put(new[:, :i], K.M[:i, i:e].T, 1.0); put(new[:, i:e], K.M[i:e, i:e].T, blk(sq))
+            if K.D is not None:
+                put(torch.stack([new[(t - t0) * P:(t - t0 + 1) * P, t * P:(t + 1) * P] for t in range(t0, t1)]), K.D[t0:t1], 1.0)
+    return dif, nrm
+
+def _gram_rows(X:torch.Tensor, P:int, S:int):
+    "The rows of XXᵀ/S for `_store` (of times [t0, t1), columns [0, t1))"
+    return lambda t0, t1: (X[t0 * P:t1 * P] @ X[:t1 * P].T).mul_(1 / S)
+
+def _response_rows(s:_DeepState, K, c, l1f, scale:float, Rp, lift:tuple, diag=None):
+    """The rows of a response on the fine grid for `_store`: the first order, drift ∘ ⟨Λ1Λ1ᵀ⟩ (+ diag⟨Λ2⟩ for B), the
+    moment only in the columns where this block of the drift is non-zero, plus the coarse remainder `Rp` interpolated"""
+    P, dt = s.P, s.dt
+    def rows(t0, t1):
+        i, e = t0 * P, t1 * P
+        X = _drift_block(s, K, c, t0, t1, 0, t1)
+        cols = torch.nonzero(X.ne(0).any(0)).flatten()
+        ll = torch.zeros(e - i, e, dtype=dt)
+        if len(cols): ll[:, cols] = (l1f[i:e] @ l1f[cols].T).mul_(scale).to(dt)
+        X.mul_(ll)
+        if diag is not None: X[:, i:e].diagonal().add_(diag[i:e])
+        return X.add_(_lift_rows(Rp, *lift, t0, t1))
+    return rows
+
+def _deep_sweep(s:_DeepState, beta:float) -> tuple:
+    """One fixed-point iteration: every layer simulated given the current kernels (readout first), each kernel
+    re-estimated and damped in place (β = `beta`) as soon as its old value is no longer needed; (residuals by kernel
+    name, what the result needs of the samples)"""
+    L, P, S, n, dt, relu = s.L, s.P, s.cfg.S, s.n, s.dt, s.cfg.act == 'relu'
+    keep = [0] + [int(e) for e in np.cumsum(s.steps)]     # the times whose kernels the result reports
+    sq, sims, c, later = {}, {}, None, []
+    if s.grid is not None:
+        lift = tuple(torch.as_tensor(s.grid[k], dtype=dt) for k in ('Wr', 'Wc')) + (s.strict_t,)
     for l in range(L, 0, -1):
-        Ct, Dt = _deep_drift(s, l, c) if l < L else (None, None)
-        sims[l] = sm = _deep_simulate(s, l, Ct, Dt, c)
+        sm = _deep_simulate(s, l, c)
         if l == L: c = sm['c']
-        if l < L: new['Phi', l] = _lower_gram(sm['phi'], 1 / S, P)
-        if l > 1: new['G', l] = _lower_gram(sm['g'], 1 / S, P)
+        if l > 1 and s.use_fac: s.fac['Phi', l - 1] = None      # its sources are drawn: the factor is replaced below
+        phi, g, dph = sm['phi'], sm['g'], sm['dph']
+        del sm['h']
+        sims[l] = dict(phi={t: phi[t * P:(t + 1) * P].clone() for t in keep}, g={t: g[t * P:(t + 1) * P].clone() for t in keep},
+                       **({'Delta': sm['Delta']} if l == L else {}))
+        # Φ^ℓ and A^ℓ drove layer ℓ+1, which has run: they are replaced now. G^ℓ and B^{ℓ-1} drive layer ℓ-1, which has
+        # not: they are replaced after the sweep (`later`), from this layer's samples and the coarse remainder kept
+        if l < L: sq['Phi', l] = _store(s, s.PA[l], 'sym', _gram_rows(phi, P, S), beta)
+        if l < L and s.use_fac: s.fac['Phi', l] = phi.div_(math.sqrt(S)) if beta == 0 else None   # (in place); a damped kernel is a mixture: factored by Cholesky
         if L > 1:
-            C, D = _deep_drift(s, l, c) if l == L else (Ct, Dt)
-            tau = s.taus[l]
-            l2 = (torch.exp(-0.5 * (sm['h'] / tau)**2) / (tau * math.sqrt(2 * math.pi)) * sm['z'] if relu else torch.zeros_like(sm['h']))
-            EA, EB = (_responses(C, D, sm['dph'], l2, l < L, l > 1, P) if s.grid is None else
-                      _responses_coarse(C, D, sm['dph'], l2, l < L, l > 1, P, s.grid, s.strict_t, s.cfg.resp_samples))
-            if l < L: new['A', l] = EA.to(s.dt)
-            if l > 1: new['B', l - 1] = EB.to(s.dt)
-            del C, D, Ct, Dt
-    return new, sims
-
-def _deep_residuals(s:_DeepState, new:dict) -> dict:
-    "Each kernel's relative change, ‖new − old‖/‖new‖, by name ('Phi1', 'G2', …)"
-    old = lambda kind, l: {'Phi': s.Phi, 'G': s.G, 'A': s.A, 'B': s.B}[kind][l]
-    return {f"{k[0]}{k[1]}": (torch.linalg.norm(v - old(*k)) / max(torch.linalg.norm(v).item(), 1e-300)).item() for k, v in new.items()}
-
-def _deep_update(s:_DeepState, new:dict, sims:dict, beta:float):
-    "The damped update, in place: kernel ← β·old + (1 − β)·new; an undamped Φ or G keeps its samples' factor"
-    for (kind, l), v in new.items():
-        tgt = {'Phi': s.Phi, 'G': s.G, 'A': s.A, 'B': s.B}[kind]
-        tgt[l] = v if beta == 0 else beta * tgt[l] + (1 - beta) * v
-        if kind in ('Phi', 'G') and s.use_fac:             # a damped kernel is a mixture: factored by Cholesky
-            s.fac[kind, l] = sims[l]['phi' if kind == 'Phi' else 'g'] / math.sqrt(s.cfg.S) if beta == 0 else None
+            l2 = sm.pop('l2')
+            if s.grid is None:                             # exact responses: they need the drifts whole
+                C, D = _deep_drift(s, l, c)
+                EA, EB = _responses(C, D, dph, l2, l < L, l > 1, P)
+                del C, D
+                rA, rB = ((lambda t0, t1, E=E: E[t0 * P:t1 * P, :t1 * P].to(dt)) for E in (EA, EB))
+            else:
+                CK, DK = _drift_kernels(s, l)
+                tc, ntc = s.grid['tc'], len(s.grid['tc'])
+                blkt = torch.as_tensor(s.grid['blk'])
+                def bsum(K):                               # the drift's rows at the blocks' first steps, columns summed over each block
+                    R = torch.zeros(ntc * P, n, dtype=dt)
+                    for j, t in enumerate(tc): R[j * P:(j + 1) * P, :(t + 1) * P] = _drift_block(s, K, c, int(t), int(t) + 1, 0, int(t) + 1)
+                    return torch.zeros(ntc * P, ntc, P, dtype=dt).index_add_(1, blkt, R.view(ntc * P, -1, P)).view(ntc * P, -1)
+                RA, RB = _coarse_remainder(bsum(CK), bsum(DK), dph, l2, l < L, l > 1, P, s.grid, s.cfg.resp_samples)
+                # ⟨Λ1 ⊗ Λ1⟩, the moment the first order needs: ReLU's (and the linear) φ' is 0 or 1, so float32 sums of up
+                # to 2²⁴ of them are exact
+                l1f = dph.float() if bool(((dph == 0) | (dph == 1)).all()) and S < 2**24 else dph
+                rA = _response_rows(s, CK, c, l1f, 1 / S, RA, lift) if l < L else None
+                rB = _response_rows(s, DK, c, l1f, 1 / S, RB, lift, l2.mean(1)) if l > 1 else None
+            del l2
+            if l < L: sq['A', l] = _store(s, s.PA[l], 'causal', rA, beta)
+            if l > 1: later.append((('B', l - 1), s.GB[l], 'causal', rB))
+        if l > 1: later.append((('G', l), s.GB[l], 'sym', _gram_rows(g, P, S)))
+        if l > 1 and s.use_fac: later.append((('fac', l), g))
+        del sm, phi, g, dph
+    # B^{ℓ-1} (from layer ℓ) reads D̃ of layer ℓ, made of G^{ℓ+1} and B^ℓ: the B are replaced upwards, then the G
+    for key, *job in sorted(later, key=lambda j: ({'B': 0, 'G': 1, 'fac': 2}[j[0][0]], j[0][1])):
+        if key[0] == 'fac': s.fac['G', key[1]] = job[0].div_(math.sqrt(S)) if beta == 0 else None
+        else: sq[key] = _store(s, *job, beta)
+    res = lambda d, m: math.sqrt(d) / max(math.sqrt(m), 1e-300)
+    order = [(k, i) for l in range(L, 0, -1) for k, i in (('Phi', l), ('G', l), ('A', l), ('B', l - 1))]
+    return {f"{k}{i}": res(*sq[k, i]) for k, i in order if (k, i) in sq}, sims
 
 def _deep_precision(s:_DeepState, dt):
     "Continue in precision `dt`: the float64 noise itself (not a round trip) and every kernel and factor converted"
     s.dt, s.st = dt, {k: v.to(dt) for k, v in s.fixed.items()}
-    for kern in (s.Phi, s.G, s.A, s.B, s.fac):
+    for kern in (s.PA, s.GB, s.fac):
         for k in kern: kern[k] = None if kern[k] is None else kern[k].to(dt)
 
 # %% ../nbs/11_dmft.ipynb #9c10313e
@@ -761,14 +873,15 @@ def _deep_result(problem:DMFTProblem, s:_DeepState, sims:dict, residuals:list, p
     loss = np.stack([0.5 * (Delta[:, sl].double() ** 2).mean(1).numpy() for sl in s.sls], 1)
     ends = list(np.cumsum(s.steps))
     def kernels(t):
-        b = slice(t * P, (t + 1) * P)
-        Phis = [problem.Kx] + [(sims[l]['phi'][b] @ sims[l]['phi'][b].T / S).numpy() for l in range(1, L + 1)]
-        Gs = [(sims[l]['g'][b] @ sims[l]['g'][b].T / S).numpy() for l in range(1, L + 1)] + [np.ones((P, P))]
+        Phis = [problem.Kx] + [(sims[l]['phi'][t] @ sims[l]['phi'][t].T / S).numpy() for l in range(1, L + 1)]
+        Gs = [(sims[l]['g'][t] @ sims[l]['g'][t].T / S).numpy() for l in range(1, L + 1)] + [np.ones((P, P))]
         return dict(Phi=Phis[L], G=Gs[L - 1], K=sum(Gs[l] * Phis[l] for l in range(L + 1)), Phi_layers=Phis[1:], G_layers=Gs[:L])
     two = {}
     if cfg.keep_two_time:
-        two = dict(Phi={l: s.Phi[l].numpy() for l in range(1, L)}, G={l: s.G[l].numpy() for l in range(2, L + 1)},
-                   A={l: s.A[l].numpy() for l in range(1, L)}, B={l: s.B[l].numpy() for l in range(1, L)}, n_times=s.nt, P_tot=P)
+        full = lambda K, which: _pair_full(K, which, s.nt, P).numpy()
+        two = dict(Phi={l: full(s.PA[l], 'sym') for l in range(1, L)}, G={l: full(s.GB[l], 'sym') for l in range(2, L + 1)},
+                   A={l: full(s.PA[l], 'causal') for l in range(1, L)}, B={l: full(s.GB[l + 1], 'causal') for l in range(1, L)},
+                   n_times=s.nt, P_tot=P)
     out = dict(gamma0=cfg.gamma0, depth=L, steps=s.steps, eta0=cfg.eta0, S=S, act=cfg.act, readout=cfg.readout,
                base_width=cfg.base_width, damping=cfg.damping, tol=cfg.tol, max_iter=cfg.max_iter, kink=cfg.kink,
                jitter=cfg.jitter, seed=cfg.seed, resp_every=cfg.resp_every, resp_samples=cfg.resp_samples, dtype=str(cfg.dtype),
@@ -787,10 +900,9 @@ def solve_deep(problem:DMFTProblem, config:DeepConfig=None, init:DMFTResult=None
     try:
         for it in range(cfg.max_iter):
             t_it = time.time()
-            new, sims = _deep_sweep(s)
-            last = _deep_residuals(s, new)
+            sims = None                                                  # (the last sweep's samples are not kept through the next)
+            last, sims = _deep_sweep(s, 0.0 if it == 0 else cfg.damping)    # the first estimate replaces the lazy guess
             residuals.append(max(last.values()) if last else 0.0); parts.append(last); secs.append(time.time() - t_it)
-            _deep_update(s, new, sims, 0.0 if it == 0 else cfg.damping)     # the first estimate replaces the lazy guess
             bar.update(1); bar.set_postfix(residual=f"{residuals[-1]:.1e}")
             if not math.isfinite(residuals[-1]): break
             if s.dt != cfg.dtype:                                       # the float32 start: no convergence is declared in it
