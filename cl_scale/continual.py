@@ -200,20 +200,31 @@ class TrainConfig:
 def task_loss(out, y, loss:str='ce', reduction:str='mean'):
     "Cross-entropy, or ½‖out − onehot(y)‖²: averaged, summed (`reduction='sum'`) or per sample ('none')"
     if loss == 'ce': l = F.cross_entropy(out, y, reduction='none')
-    elif loss == 'mse': l = 0.5 * (out - F.one_hot(y, out.shape[-1]).to(out.dtype)).pow(2).sum(-1)
+    # the one-hot targets by comparison (F.one_hot reads its input's values, which fails under vmap)
+    elif loss == 'mse': l = 0.5 * (out - (y[..., None] == torch.arange(out.shape[-1], device=out.device)).to(out.dtype)).pow(2).sum(-1)
     else: raise ValueError(f"unknown loss {loss!r}: expected one of {LOSSES}")
     return {'mean': l.mean, 'sum': l.sum}.get(reduction, lambda: l)()
 
 @torch.no_grad()
 def evaluate(model, task:Task, loss:str='ce', batch:int=2048, split:str='test') -> tuple:
-    "(accuracy, mean loss) of `model` on the test (or `split='train'`: training) set of `task`"
+    "(accuracy, mean loss) of `model` on the test (or `split='train'`: training) set of `task`; of every model of a `Batched` stepper at once as two arrays"
     if split not in ('test', 'train'): raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     X, Y = (task.x_test, task.y_test) if split == 'test' else (task.x_train, task.y_train)
-    n, correct, total = len(X), 0, 0.0
-    for s in range(0, n, batch):
-        idx = torch.arange(s, min(s + batch, n))
-        out, y = call_model(model, X[idx], task.heads(split, idx)), Y[idx]
-        correct += (out.argmax(-1) == y).sum().item(); total += task_loss(out, y, loss, 'sum').item()
+    many = isinstance(model, Batched)
+    n, M = len(X), len(model.models) if many else 1
+    correct, total = (torch.zeros(M, dtype=torch.long, device=X.device), torch.zeros(M, dtype=torch.float64, device=X.device)) if many else (0, 0.0)
+    rows = max(1, batch // M)           # M models × rows inputs at a time: the memory of one model's `batch`
+    for s in range(0, n, rows):
+        idx = torch.arange(s, min(s + rows, n))
+        h, y = task.heads(split, idx), Y[idx]
+        if many:
+            out = model.outputs(X[idx], h)                  # (M, rows, d_out), from the stepper's weights
+            correct += (out.argmax(-1) == y).sum(-1)
+            total += task_loss(out.flatten(0, 1), y.repeat(M), loss, 'none').view(M, -1).sum(-1).double()
+        else:
+            out = call_model(model, X[idx], h)
+            correct += (out.argmax(-1) == y).sum().item(); total += task_loss(out, y, loss, 'sum').item()
+    if many: return (correct.double() / n).cpu().numpy(), (total / n).cpu().numpy()
     return correct / n, total / n
 
 # %% ../nbs/02_continual.ipynb #10276e22
@@ -324,6 +335,10 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
     for ti, task in enumerate(tasks):
         def task_loss_fn(m, idx, g, task=task):
             return task_loss(call(m, task.x_train[idx], task.heads('train', idx)), task.y_train[idx], cfg.loss)
+        def stacked(f, idx, g, task=task):       # M MLPs at once (`Batched`): f maps (M, b, ...) to (M, b, d_out)
+            out = f(task.x_train[idx], task.heads('train', idx))
+            return task_loss(out.flatten(0, 1), task.y_train[idx].flatten(), cfg.loss, 'none').view(idx.shape).mean(-1)
+        task_loss_fn.stacked = stacked
         before = [len(s) for s in steps]
         r = fit(eng, len(task.x_train), task_loss_fn, cfg.epochs, seed=gens, bs=cfg.batch_size,
                 schedule=cosine_factor if cfg.schedule == 'cosine' else constant_factor,
@@ -333,10 +348,17 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
             steps[i] += r.losses[i]
             if r.diverged[i] is not None: diverged[i] = dict(task=ti, **{**r.diverged[i], 'step': before[i] + r.diverged[i]['step']})
         if not any(eng.alive): break
+        if batched:                            # every model at once: (accuracies, losses) arrays of M per evaluated set
+            evs = [evaluate(eng, other, cfg.loss, cfg.eval_batch) for other in tasks]
+            evs_train = evaluate(eng, task, cfg.loss, cfg.eval_batch, split='train')
         for i, m in enumerate(models):
             if not eng.alive[i]: continue
-            for j, other in enumerate(tasks): acc[i, ti, j], loss[i, ti, j] = evaluate(m, other, cfg.loss, cfg.eval_batch)
-            fitted[i, ti], train_l = evaluate(m, task, cfg.loss, cfg.eval_batch, split='train')
+            if batched:
+                for j, (a, l) in enumerate(evs): acc[i, ti, j], loss[i, ti, j] = a[i], l[i]
+                fitted[i, ti], train_l = evs_train[0][i], evs_train[1][i]
+            else:
+                for j, other in enumerate(tasks): acc[i, ti, j], loss[i, ti, j] = evaluate(m, other, cfg.loss, cfg.eval_batch)
+                fitted[i, ti], train_l = evaluate(m, task, cfg.loss, cfg.eval_batch, split='train')
             ev = np.append(loss[i, ti], train_l)
             if not np.isfinite(ev).all() or ev.max() > cfg.max_loss:     # a blow-up in the task's last steps: the evaluation sees it
                 diverged[i] = dict(task=ti, epoch=cfg.epochs - 1, step=len(steps[i]) - 1,

@@ -322,6 +322,8 @@ def regression_loss(x, y, task=None):
     def loss(m, idx, g):
         out = m(x[idx], task) if isinstance(m, ScaledModel) or task is not None else m(x[idx])
         return 0.5 * (out - y[idx]).pow(2).sum(-1).mean()
+    # the same loss for M models at once (`Batched`): f maps (M, b, ...) inputs to (M, b, d_out); one loss per model
+    loss.stacked = lambda f, idx, g: 0.5 * (f(x[idx], task) - y[idx]).pow(2).sum(-1).mean(-1)
     return loss
 
 def _adamw(model, lr): return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -364,47 +366,127 @@ def _check_same_arch(models):
         if isinstance(m, ScaledModel) and m.param.readout != m0.param.readout:
             raise ValueError(f"batched models differ in their readout ({m0.param.readout!r} vs {m.param.readout!r})")
 
+_WGRAD_LOOP = 2**18     # a model's weight above this many entries: its gradient by one matrix product per model
+
+class _StackedLinear(torch.autograd.Function):
+    "h Vᵀ for stacked inputs h (M, b, k) and weights V (M, n, k), by `bmm`; V's gradient gᵀh comes out in V's layout"
+    # autograd's own `bmm` backward would compute hᵀg and hand back its transpose, which made the SGD update a strided
+    # pass and the readout's (n = 10) products 3-5× slower; and `bmm`'s batched kernel is slow for gᵀh when V is
+    # large (100 GFLOP/s at 1024 × 1024 where one product per model reached 170 on the same 2 cores)
+    @staticmethod
+    def forward(h, V): return torch.bmm(h, V.mT)
+    @staticmethod
+    def setup_context(ctx, inputs, output): ctx.save_for_backward(*inputs)
+    @staticmethod
+    def backward(ctx, g):
+        h, V = ctx.saved_tensors
+        gh = torch.bmm(g, V) if ctx.needs_input_grad[0] else None
+        if V[0].numel() <= _WGRAD_LOOP: return gh, torch.bmm(g.mT, h)
+        gV = torch.empty_like(V)
+        for i in range(len(V)): torch.mm(g[i].mT, h[i], out=gV[i])
+        return gh, gV
+
 class Batched:
-    "A stepper for models of one architecture trained as one: stacked parameters, loss and gradient by `vmap`, plain SGD"
-    def __init__(self, models:list, lr):
+    "A stepper for models of one architecture trained as one, by plain SGD: the package's MLPs as stacked matrix products, any other model by `vmap`"
+    def __init__(self, models:list, lr, stacked:bool=None):
         if not models: raise ValueError("no models to train")
         lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(models)
         if len(lrs) != len(models): raise ValueError(f"got {len(lrs)} learning rates for {len(models)} models")
         if not all(isinstance(r, (int, float)) and r > 0 and math.isfinite(r) for r in lrs): raise ValueError(f"lr must be positive, got {lr!r}")
         _check_same_arch(models)
-        self.models, self.alive = list(models), [True] * len(models)
+        m0 = models[0]
+        can = type(m0) is MLP and m0.act_name in _ACTS       # the package's own MLP with a named (elementwise) activation
+        if stacked and not can: raise ValueError(f"the stacked path takes the package's MLP with a named activation, not {type(m0).__name__}")
+        self.models, self.alive, self.stacked = list(models), [True] * len(models), can if stacked is None else bool(stacked)
         params, self.bufs = stack_module_state(self.models)
-        self.params = {n: p.detach() for n, p in params.items()}
-        self.base = copy.deepcopy(models[0]).to('meta')   # the code of the forward pass; its weights are never used
         named = [dict(m.named_modules()) for m in models]
-        self.scaled = [(n, m) for n, m in self.base.named_modules() if isinstance(getattr(m, 'mult', None), float)]
-        dt = next(iter(self.params.values())).dtype
-        self.mults = {n: torch.tensor([d[n].mult for d in named], dtype=dt) for n, _ in self.scaled}
         lrm = [lr_mults(m) for m in models]
-        self.base_lr = {n: torch.tensor([r * lm[n] for r, lm in zip(lrs, lrm)], dtype=torch.float64) for n in self.params}
+        base_lr = {n: torch.tensor([r * lm[n] for r, lm in zip(lrs, lrm)], dtype=torch.float64) for n in params}
+        col = lambda t, p: t.view(-1, *[1] * (p.dim() - 1)).to(p.device)    # (M,) -> (M, 1, ...), against a stacked p
+        if self.stacked:      # effective weights V = mult·W: no multiplier in the forward, SGD on V at the rate mult²·lr
+            mult = {n: col(torch.tensor([d[n.rsplit('.', 1)[0]].mult for d in named], dtype=torch.float64), p) for n, p in params.items()}
+            self.lr = {n: (col(base_lr[n], p) * mult[n]**2).to(p.dtype) for n, p in params.items()}
+            self.scale = {n: mult[n].to(p.dtype) for n, p in params.items()}
+            to_v = lambda n, w: (w.detach() * self.scale[n]).contiguous()
+            self.params = {n: to_v(n, p).requires_grad_() for n, p in params.items()}
+            self.theta0 = {n: to_v(n, self.bufs[b]) for n, b in m0._init_names}
+            self.act, self.depth, self.readout = m0.act, m0.depth, m0.readout
+        else:                 # any architecture: the module's own forward, per model, under vmap
+            self.params = {n: p.detach() for n, p in params.items()}
+            self.base = copy.deepcopy(m0).to('meta')   # the code of the forward pass; its weights are never used
+            self.scaled = [(n, m) for n, m in self.base.named_modules() if isinstance(getattr(m, 'mult', None), float)]
+            dt = next(iter(self.params.values())).dtype
+            self.mults = {n: torch.tensor([d[n].mult for d in named], dtype=dt) for n, _ in self.scaled}
+            self.lr = {n: col(base_lr[n], p).to(p.dtype) for n, p in params.items()}
+
+    def _net(self, P, x, t, lead):
+        "MLP outputs from effective weights `P`: all M at once (inputs (M, b, ...), lead=2) or one model's under vmap (lead=1)"
+        mm = _StackedLinear.apply if lead == 2 else (lambda h, V: torch.matmul(h, V.mT))
+        h = x.flatten(lead)
+        for i in range(self.depth): h = mm(h if i == 0 else self.act(h), P[f'layers.{i}.weight'])
+        h, R = self.act(h), P['readout.weight']                               # R: (..., heads, d_out, N)
+        if isinstance(t, int): return mm(h, R[..., t, :, :])
+        out = mm(h, R.flatten(-3, -2)).unflatten(-1, R.shape[-3:-1])         # every head: (..., b, heads, d_out)
+        return out.gather(-2, t[..., None, None].expand(*t.shape, 1, R.shape[-2])).squeeze(-2)
+
+    def _forward(self, P, P0, x, task, lead):
+        t = self.readout._check_task(task)
+        out = self._net(P, x, t, lead)
+        if P0:                                                                 # a centered readout: f(x; θ) − f(x; θ0)
+            with torch.no_grad(): out0 = self._net(P0, x, t, lead)
+            out = out - out0
+        return out
+
     def _one(self, p, b, mu, idx, loss_fn):
         for n, m in self.scaled: m.mult = mu[n]          # this model's layer multipliers (γ0 and width factors)
         return loss_fn(lambda *a: functional_call(self.base, (p, b), a), idx, None)
+
     def losses(self, loss_fn, idx, g) -> torch.Tensor:
         "Every model's loss on its own batch (row m of `idx`) and its gradient; shape (M,)"
-        f = vmap(grad_and_value(lambda p, b, mu, i: self._one(p, b, mu, i, loss_fn)))
-        self._g, l = f(self.params, self.bufs, self.mults, idx)
+        if not self.stacked:
+            f = vmap(grad_and_value(lambda p, b, mu, i: self._one(p, b, mu, i, loss_fn)))
+            self._g, l = f(self.params, self.bufs, self.mults, idx)
+            return l.detach()
+        stacked = getattr(loss_fn, 'stacked', None)
+        if stacked is not None:                                   # the loss's own form for M models at once
+            l = stacked(lambda x, task=None: self._forward(self.params, self.theta0, x, task, 2), idx, None)
+            if l.shape != (len(self.models),): raise ValueError(f"loss_fn.stacked must return one loss per model, shape ({len(self.models)},), got {tuple(l.shape)}")
+        else:                                                     # any loss_fn: called per model under vmap
+            l = vmap(lambda p, p0, i: loss_fn(lambda x, task=None: self._forward(p, p0, x, task, 1), i, None))(self.params, self.theta0, idx)
+        # the models share nothing, so the gradient of the sum with respect to model m's weights is model m's own gradient
+        self._g = dict(zip(self.params, torch.autograd.grad(l.sum(), list(self.params.values()))))
         return l.detach()
+
     def rate(self, f:float): self.f = f
     def step(self):
-        f, live, everyone = self.f, torch.tensor(self.alive), all(self.alive)
+        dead = [i for i, a in enumerate(self.alive) if not a]
         with torch.no_grad():
             for n, p in self.params.items():
-                lr = (self.base_lr[n] * f).to(p.dtype).view(-1, *[1] * (p.dim() - 1))
-                if everyone: p.addcmul_(self._g[n], lr, value=-1)     # in place: one pass over the weights
-                else: p.copy_(torch.where(live.view_as(lr), p - self._g[n] * lr, p))   # a diverged model stays put
+                g = self._g[n]
+                if dead: g[dead] = 0                              # a diverged model stays put (its gradient may be NaN)
+                p.addcmul_(g, self.lr[n], value=-self.f)         # in place: one pass over the weights
     def finite(self) -> list:
-        return [all(bool(torch.isfinite(p[i]).all()) for p in self.params.values()) for i in range(len(self.models))]
+        with torch.no_grad():         # a NaN or an infinity reaches the minimum or the maximum
+            ext = [torch.aminmax(p.detach().flatten(1), dim=1) for p in self.params.values()]
+            return torch.stack([torch.isfinite(lo) & torch.isfinite(hi) for lo, hi in ext]).all(0).tolist()
     def sync(self):
         "Write the stacked parameters back into the models"
         with torch.no_grad():
-            for i, m in enumerate(self.models):
-                for n, p in m.named_parameters(): p.copy_(self.params[n][i])
+            for n, p in self.params.items():
+                w = p / self.scale[n] if self.stacked else p
+                for i, m in enumerate(self.models): m.get_parameter(n).copy_(w[i])
+
+    @torch.no_grad()
+    def outputs(self, x, task=None) -> torch.Tensor:
+        "Every model's output on the same inputs `x` (`task` as for one model), shape (M, n, d_out), from the stepper's weights"
+        M = len(self.models)
+        if self.stacked:
+            if isinstance(task, torch.Tensor) and task.dim() > 0: task = task.expand(M, *task.shape)
+            return self._forward(self.params, self.theta0, x.expand(M, *x.shape), task, 2)
+        def one(p, b, mu):
+            for n, m in self.scaled: m.mult = mu[n]
+            return functional_call(self.base, (p, b), (x, task) if isinstance(self.base, ScaledModel) else (x,))
+        return vmap(one)(self.params, self.bufs, self.mults)
 
 # %% ../nbs/00_param.ipynb #79e951ea
 @dataclass

@@ -119,3 +119,42 @@ def test_coord_check_moves_the_batch_to_the_model():
     assert {r['layer'] for r in recs} == {'layers.0', 'readout', 'output'}
     assert len(recs) == 2 * 2 * 3 and all(math.isfinite(r['delta']) for r in recs)
     assert all(r['delta'] > 0 for r in recs if r['step'] == 2)
+
+_KINDS5 = st.tuples(*[st.sampled_from([('mup', 0.05), ('mup', 0.3), ('mup', 1.0), ('mup', 3.0), ('ntp', 1.0), ('sp', 1.0)])] * 5)
+
+@settings(max_examples=12, deadline=None)
+@given(kinds=_KINDS5, depth=st.integers(1, 3), width=st.integers(2, 24), ro=st.sampled_from(['zero', 'centered', 'random']),
+       act=st.sampled_from(['relu', 'tanh', 'gelu', 'linear']), lrs=st.lists(st.floats(0.01, 0.4), min_size=4, max_size=4),
+       seed=st.integers(0, 10_000), loop_wgrad=st.booleans())
+def test_batched_stacked_path_is_the_generic_path_and_the_loop(kinds, depth, width, ro, act, lrs, seed, loop_wgrad):
+    """`Batched`'s stacked MLP path (its weight gradient by `bmm` or one product per model) = its generic `vmap` path
+    = one model at a time, to 1e-10 in float64, for any mix of parameterizations and per-model rates; a fifth model
+    with an absurd rate stops at the same step on both batched paths"""
+    import cl_scale.param as P
+    with pytest.MonkeyPatch.context() as mp:
+        if loop_wgrad: mp.setattr(P, '_WGRAD_LOOP', 0)
+        _stacked_generic_loop(kinds, depth, width, ro, act, lrs, seed)
+
+def _stacked_generic_loop(kinds, depth, width, ro, act, lrs, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(60, 4, generator=g, dtype=f64), torch.randn(60, 2, generator=g, dtype=f64)
+    def make(i):
+        kind, g0 = kinds[i]
+        torch.manual_seed(seed + i); return MLP(4, width, depth, 2, Parameterization(kind, g0, readout=ro), act=act, dtype=f64)
+    rates, seeds, loss = lrs + [1e12], [seed + i for i in range(5)], regression_loss(x, y)
+    runs = {}
+    for stacked in (True, False):
+        eng = Batched([make(i) for i in range(5)], rates, stacked=stacked)
+        runs[stacked] = fit(eng, 60, loss, 2, seed=seeds, bs=16, max_loss=1e6, record=True), eng.outputs(x[:8])
+    (rs, os_), (rg, og) = runs[True], runs[False]
+    assert [d is None for d in rs.diverged] == [d is None for d in rg.diverged]
+    if rs.diverged[4] is not None: assert rs.diverged[4]['step'] == rg.diverged[4]['step']
+    for i in range(4):
+        if rs.diverged[i] is not None: continue        # a live model blew up on both paths (a large SP rate): nothing to compare
+        lone = make(i)
+        r1 = fit(lone, 60, loss, 2, rates[i], seed=seeds[i], bs=16, optimizer=make_optimizer, record=True)
+        for r in (rg, r1): torch.testing.assert_close(torch.tensor(rs.losses[i]), torch.tensor(r.losses[-1 if r is r1 else i]), rtol=1e-9, atol=1e-10)
+        for a, b, c in zip(rs.model[i].parameters(), rg.model[i].parameters(), lone.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10); torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(os_[i], og[i], rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(os_[i], lone(x[:8]), rtol=1e-9, atol=1e-10)
