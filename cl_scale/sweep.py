@@ -20,9 +20,9 @@ from .data import StreamConfig, TaskStream, make_stream, joint_task
 from .continual import TrainConfig, train_continual, cl_metrics
 
 # %% auto #0
-__all__ = ['ARCHS', 'RESULTS_DB', 'PRELOAD', 'BATCH_MAX_WIDTH', 'STALE', 'HEARTBEAT', 'RunSpec', 'Sweep', 'RunList', 'run_store',
-           'ResultStore', 'run_group', 'LocalPool', 'local_pool', 'close_pools', 'pick_executor', 'Reporter',
-           'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
+__all__ = ['ARCHS', 'RESULTS_DB', 'PRELOAD', 'POOL_START', 'POOL_SLOWDOWN', 'BATCH_MAX_WIDTH', 'STALE', 'HEARTBEAT', 'RunSpec',
+           'Sweep', 'RunList', 'run_store', 'ResultStore', 'run_group', 'LocalPool', 'local_pool', 'close_pools',
+           'pick_executor', 'Reporter', 'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
 
 # %% ../nbs/03_sweep.ipynb #b22999f2
 _STREAM = dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5)
@@ -408,10 +408,13 @@ def _ready() -> int: return os.getpid()
 PRELOAD = ('cl_scale.sweep', 'torch._dynamo', 'sklearn.datasets')   # what the forkserver imports once (seconds each)
 
 class LocalPool:
-    "The package's process pool: forkserver workers started in the background, kept warm between grids, gone with this process"
+    "The package's process pool: forkserver workers started in the background (`launch`), kept warm between grids, gone with this process"
     def __init__(self, workers:int):
-        self.workers, self.ex, self.error, self.ready = workers, None, None, []
+        self.workers, self.ex, self.error, self.ready, self.q, self.launched = workers, None, None, [], None, False
         self.started = threading.Event()
+    def launch(self):
+        if self.launched: return
+        self.launched = True
         ctx = multiprocessing.get_context('forkserver')
         ctx.set_forkserver_preload(list(PRELOAD))
         self.q = ctx.Queue()                                 # the workers' progress, inherited at start: no manager process
@@ -428,6 +431,7 @@ class LocalPool:
     def warm(self) -> bool: return self.usable() and any(f.done() and f.exception() is None for f in self.ready)
     def broken(self) -> bool: return self.error is not None or bool(getattr(self.ex, '_broken', False))
     def shutdown(self, wait=True, cancel_futures=False, kill=False):
+        if not self.launched: return
         self.started.wait()
         if self.ex is not None:
             if kill:                                         # an interrupt: running jobs are not wanted any more
@@ -445,6 +449,15 @@ def local_pool(workers:int) -> LocalPool:
         _POOLS[workers] = p = LocalPool(workers)
     return p
 
+POOL_START, POOL_SLOWDOWN = 4.0, 1.25   # seconds a cold pool takes to answer (2 cores); a job's slowdown on a worker's share of the threads
+
+def _worth_a_pool(seconds:float, cost:float, rest:list, workers:int) -> bool:
+    "A job of `cost` took `seconds` in this process: would the jobs left (their costs) end sooner on a pool started now?"
+    if not rest or workers < 2: return False
+    per = seconds / max(cost, 1e-12)
+    here = per * sum(rest)
+    return here > 1.2 * (POOL_START + POOL_SLOWDOWN * max(here / workers, per * max(rest)))
+
 def close_pools():
     "Shut the warm pools down now (they also end with this process)"
     while _POOLS: _POOLS.popitem()[1].shutdown()
@@ -455,6 +468,9 @@ def pick_executor(executor=None, workers:int=None, n_jobs:int=None) -> tuple:
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1 (or None: one per core), got {workers!r}")
     if executor == 'serial': return _Direct(), True, 'local', None, None
+    if executor == 'pool':                                 # the package's pool, started now, whatever the grid's size
+        p = local_pool(int(workers or cores)); p.launch()
+        return p, False, 'pool', None, max(1, cores // p.workers if n_jobs is None else cores // min(p.workers, n_jobs))
     if executor is None:
         workers = int(workers or cores)
         busy = workers if n_jobs is None else min(workers, n_jobs)    # no idle processes for a few jobs
@@ -463,7 +479,7 @@ def pick_executor(executor=None, workers:int=None, n_jobs:int=None) -> tuple:
     if hasattr(executor, 'get_executor') and hasattr(executor, 'scheduler_info'):   # a dask.distributed.Client
         return executor.get_executor(), False, 'dask', executor, 1
     if hasattr(executor, 'submit'): return executor, False, 'process' if isinstance(executor, ProcessPoolExecutor) else None, None, None
-    raise TypeError(f"executor must be None, 'serial', a dask Client or an object with `submit`, got {executor!r}")
+    raise TypeError(f"executor must be None, 'serial', 'pool', a dask Client or an object with `submit`, got {executor!r}")
 
 # %% ../nbs/03_sweep.ipynb #b8357b07
 class Reporter:
@@ -524,7 +540,13 @@ def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bo
                 finish(j, r, err)
         else:
             pool = isinstance(ex, LocalPool)
-            if pool and not ex.warm(): lane = ThreadPoolExecutor(1, thread_name_prefix='cl_scale-local')   # works while the pool starts
+            while pool and not ex.launched and (j := take()) is not None:   # a cold pool: this process first, with all its threads,
+                t = time.perf_counter()                                      # and the pool only when the rest is worth its start
+                try: r, err = _call(fn, j, Reporter(_Here(handle) if progress else None, j['name']), None), None
+                except Exception: r, err = None, traceback.format_exc()
+                finish(j, r, err)
+                if _worth_a_pool(time.perf_counter() - t, cost(j), [cost(q) for q in queue_], ex.workers): ex.launch()
+            if pool and queue_ and not ex.warm(): lane = ThreadPoolExecutor(1, thread_name_prefix='cl_scale-local')   # works while the pool starts
             slots = ex.workers if pool else len(jobs) if claim is None else (getattr(ex, '_max_workers', None) or len(jobs))
             rq = 'pool' if pool else chan.q
             pending = {}                                  # future → (job, ran in this process)

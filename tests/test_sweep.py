@@ -15,7 +15,7 @@ def serial(tmp_path_factory):
     return _by_id(run_sweep(SWEEP, ResultStore(tmp_path_factory.mktemp('s') / 'db.sqlite'), executor='serial', progress=False))
 
 def test_process_pool_matches_serial(serial, tmp_path):
-    df = _by_id(run_sweep(SWEEP, ResultStore(tmp_path / 'db.sqlite'), workers=2, batch=2, progress=True))
+    df = _by_id(run_sweep(SWEEP, ResultStore(tmp_path / 'db.sqlite'), executor='pool', workers=2, batch=2, progress=True))
     assert list(df.index) == list(serial.index)
     # one PyTorch thread per worker vs the test process's threads: float32 sums may round differently
     np.testing.assert_allclose(df.AA.values, serial.AA.values, atol=1e-2)
@@ -142,7 +142,7 @@ def test_killed_pool_sweep_leaves_nothing_and_resumes(tmp_path):
         from cl_scale.sweep import *
         if __name__ == '__main__':
             spec = RunSpec.from_dict({spec.to_dict()!r})
-            run_sweep(Sweep('poolkill', dict(seed=list(range(16))), spec), ResultStore({str(db)!r}), workers=2, batch=1, progress=False)
+            run_sweep(Sweep('poolkill', dict(seed=list(range(16))), spec), ResultStore({str(db)!r}), executor='pool', workers=2, batch=1, progress=False)
     """)
     script = tmp_path / 'sweep.py'; script.write_text(code)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,11 +162,18 @@ def test_killed_pool_sweep_leaves_nothing_and_resumes(tmp_path):
     store = ResultStore(db)
     kept = dict(store._rows("SELECT run_id, finished FROM runs WHERE status='done'"))
     assert 2 <= len(kept) < 16, f"the kill came too late or too early: {len(kept)} runs committed"
-    df = _by_id(run_sweep(sweep, store, workers=2, batch=1, progress=False))
+    df = _by_id(run_sweep(sweep, store, executor='pool', workers=2, batch=1, progress=False))
     after = dict(store._rows("SELECT run_id, finished FROM runs"))
     assert len(after) == 16 and len(df) == 16 and not store.running(stale=1e9)    # none lost, none twice
     assert all(after[k] == v for k, v in kept.items())                             # committed runs were not re-trained
-    ref = _by_id(run_sweep(sweep, ResultStore(tmp_path / 'whole.db'), workers=2, batch=1, progress=False))
+    ref = _by_id(run_sweep(sweep, ResultStore(tmp_path / 'whole.db'), executor='pool', workers=2, batch=1, progress=False))
     assert list(df.index) == list(ref.index)
     np.testing.assert_array_equal(df.AA.values, ref.AA.values)      # same threads per run in every process: the same numbers
     np.testing.assert_array_equal(df.FA.values, ref.FA.values)
+
+def test_a_small_grid_runs_here_without_starting_the_pool(tmp_path):
+    "The default executor starts the pool only when the jobs left would end sooner on it (`_worth_a_pool`): four tiny runs never do"
+    from cl_scale.sweep import close_pools, _POOLS
+    close_pools()
+    df = run_sweep(SWEEP, ResultStore(tmp_path / 'db.sqlite'), workers=2, batch=1, progress=False)
+    assert len(df) == 4 and not any(p.launched for p in _POOLS.values())
