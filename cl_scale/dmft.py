@@ -369,20 +369,6 @@ def _row_blocks(n:int, P:int, target:int=512):
     step = P * max(1, round(target / P))
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
-def _lower_gram(X:torch.Tensor, scale:float, P:int, sym:bool=True, cols=None) -> torch.Tensor:
-    """scale·X Xᵀ from the row blocks on and left of the diagonal (half the flops of X @ X.T); mirrored if `sym`, else 0
-    above those blocks. With `cols` (sorted indices, not with `sym`), only those columns are computed, the rest left 0."""
-    n = X.shape[0]
-    out = torch.empty(n, n, dtype=X.dtype) if sym else torch.zeros(n, n, dtype=X.dtype)
-    Xc = X if cols is None else X[cols]
-    for i, e in _row_blocks(n, P):
-        if cols is None: out[i:e, :e] = (X[i:e] @ X[:e].T).mul_(scale)
-        else:
-            k = int(torch.searchsorted(cols, e))
-            out[i:e, cols[:k]] = (X[i:e] @ Xc[:k].T).mul_(scale)
-        if sym: out[:i, i:e] = out[i:e, :i].T
-    return out
-
 def _tri_mm(R:torch.Tensor, E:torch.Tensor) -> torch.Tensor:
     "R @ E for a lower-triangular R, by row blocks (half the flops of a dense product)"
     out = torch.empty(R.shape[0], E.shape[1], dtype=E.dtype)
