@@ -348,17 +348,13 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
             steps[i] += r.losses[i]
             if r.diverged[i] is not None: diverged[i] = dict(task=ti, **{**r.diverged[i], 'step': before[i] + r.diverged[i]['step']})
         if not any(eng.alive): break
-        if batched:                            # every model at once: (accuracies, losses) arrays of M per evaluated set
-            evs = [evaluate(eng, other, cfg.loss, cfg.eval_batch) for other in tasks]
-            evs_train = evaluate(eng, task, cfg.loss, cfg.eval_batch, split='train')
+        sets = [(other, 'test') for other in tasks] + [(task, 'train')]       # every task's test set, then this task's training set
+        if batched: evs = [evaluate(eng, t, cfg.loss, cfg.eval_batch, split=sp) for t, sp in sets]   # every model at once: arrays of M
         for i, m in enumerate(models):
             if not eng.alive[i]: continue
-            if batched:
-                for j, (a, l) in enumerate(evs): acc[i, ti, j], loss[i, ti, j] = a[i], l[i]
-                fitted[i, ti], train_l = evs_train[0][i], evs_train[1][i]
-            else:
-                for j, other in enumerate(tasks): acc[i, ti, j], loss[i, ti, j] = evaluate(m, other, cfg.loss, cfg.eval_batch)
-                fitted[i, ti], train_l = evaluate(m, task, cfg.loss, cfg.eval_batch, split='train')
+            row = [(a[i], l[i]) for a, l in evs] if batched else [evaluate(m, t, cfg.loss, cfg.eval_batch, split=sp) for t, sp in sets]
+            for j, (a, l) in enumerate(row[:-1]): acc[i, ti, j], loss[i, ti, j] = a, l
+            fitted[i, ti], train_l = row[-1]
             ev = np.append(loss[i, ti], train_l)
             if not np.isfinite(ev).all() or ev.max() > cfg.max_loss:     # a blow-up in the task's last steps: the evaluation sees it
                 diverged[i] = dict(task=ti, epoch=cfg.epochs - 1, step=len(steps[i]) - 1,

@@ -531,20 +531,19 @@ def run_jobs(jobs:list, fn, commit, executor=None, workers:int=None, progress:bo
             if c is not None: return c
             bar.update(cost(j))                  # somebody else's now
         return None
+    def here_now(j, threads):
+        "Run job `j` in this thread and commit it"
+        try: r, err = _call(fn, j, Reporter(_Here(handle) if progress else None, j['name']), threads), None
+        except Exception: r, err = None, traceback.format_exc()
+        finish(j, r, err)
     lane, here, threads0 = None, queue.SimpleQueue(), torch.get_num_threads()
     try:
         if isinstance(ex, _Direct):            # in this process: one job at a time, committed as it finishes
-            while (j := take()) is not None:
-                try: r, err = _call(fn, j, Reporter(_Here(handle) if progress else None, j['name']), threads), None
-                except Exception: r, err = None, traceback.format_exc()
-                finish(j, r, err)
+            while (j := take()) is not None: here_now(j, threads)
         else:
             pool = isinstance(ex, LocalPool)
             while pool and not ex.launched and (j := take()) is not None:   # a cold pool: this process first, with all its threads,
-                t = time.perf_counter()                                      # and the pool only when the rest is worth its start
-                try: r, err = _call(fn, j, Reporter(_Here(handle) if progress else None, j['name']), None), None
-                except Exception: r, err = None, traceback.format_exc()
-                finish(j, r, err)
+                t = time.perf_counter(); here_now(j, None)                   # and the pool only when the rest is worth its start
                 if _worth_a_pool(time.perf_counter() - t, cost(j), [cost(q) for q in queue_], ex.workers): ex.launch()
             if pool and queue_ and not ex.warm(): lane = ThreadPoolExecutor(1, thread_name_prefix='cl_scale-local')   # works while the pool starts
             slots = ex.workers if pool else len(jobs) if claim is None else (getattr(ex, '_max_workers', None) or len(jobs))

@@ -28,18 +28,24 @@ def test_dask_local_cluster(serial, tmp_path):
     assert list(df.index) == list(serial.index) and (df.status == 'done').all()
     np.testing.assert_allclose(df.AA.values, serial.AA.values, atol=1e-2)
 
+def _sweep_process(tmp_path, sweep, db, how:str, **popen):
+    "Run `sweep` (one seed axis) on the store `db` in another Python process, as a script; `how`: run_sweep's executor arguments"
+    spec, seeds = sweep.base, sweep.axes['seed']
+    (tmp_path / 'sweep.py').write_text(textwrap.dedent(f"""
+        from cl_scale.sweep import *
+        if __name__ == '__main__':
+            spec = RunSpec.from_dict({spec.to_dict()!r})
+            run_sweep(Sweep({sweep.name!r}, dict(seed={list(seeds)!r}), spec), ResultStore({str(db)!r}), {how}, batch=1, progress=False)
+    """))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.Popen([sys.executable, str(tmp_path / 'sweep.py')], cwd=root, **popen)
+
 def test_killed_sweep_resumes(tmp_path):
     "Kill a sweep (SIGKILL, no clean-up) once some runs are committed; the rerun keeps them and adds the rest"
     db = tmp_path / 'db.sqlite'
     spec = RunSpec(width=128, depth=2, stream=dict(n_tasks=3), train=dict(epochs=2, n_probe=0, n_ntk=0))
     sweep = Sweep('kill', dict(seed=list(range(20))), spec)
-    code = textwrap.dedent(f"""
-        from cl_scale.sweep import *
-        spec = RunSpec.from_dict({spec.to_dict()!r})
-        run_sweep(Sweep('kill', dict(seed=list(range(20))), spec), ResultStore({str(db)!r}), executor='serial', batch=1, progress=False)
-    """)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.Popen([sys.executable, '-c', code], cwd=root)
+    p = _sweep_process(tmp_path, sweep, db, "executor='serial'")
     t0 = time.time()
     while time.time() - t0 < 120:
         if db.exists() and len(ResultStore(db).done()) >= 2: break
@@ -138,15 +144,7 @@ def test_killed_pool_sweep_leaves_nothing_and_resumes(tmp_path):
     db = tmp_path / 'killed.db'
     spec = RunSpec(width=256, depth=3, stream=dict(n_tasks=3), train=dict(epochs=3, n_probe=0, n_ntk=0))
     sweep = Sweep('poolkill', dict(seed=list(range(16))), spec)
-    code = textwrap.dedent(f"""
-        from cl_scale.sweep import *
-        if __name__ == '__main__':
-            spec = RunSpec.from_dict({spec.to_dict()!r})
-            run_sweep(Sweep('poolkill', dict(seed=list(range(16))), spec), ResultStore({str(db)!r}), executor='pool', workers=2, batch=1, progress=False)
-    """)
-    script = tmp_path / 'sweep.py'; script.write_text(code)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.Popen([sys.executable, str(script)], cwd=root, start_new_session=True)
+    p = _sweep_process(tmp_path, sweep, db, "executor='pool', workers=2", start_new_session=True)
     t0, warm_at = time.time(), None
     while time.time() - t0 < 300 and p.poll() is None:
         n = len(ResultStore(db).done()) if db.exists() else 0
