@@ -27,14 +27,16 @@ from cl_scale.param import MLP, Parameterization
 from cl_scale.data import make_stream, StreamConfig
 from cl_scale.continual import train_continual, TrainConfig
 from cl_scale.sweep import RunSpec, Sweep, ResultStore, run_sweep, run_group, close_pools, _POOLS, POOL_START, POOL_SLOWDOWN
+from cl_scale.device import resolve_device, describe_device, synchronize
 
-def matmul_peak(n=1024, reps=20):
-    "Best dense float32 GFLOP/s of an n×n matmul with PyTorch's threads"
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n=1024, reps=20, device='cpu'):
+    "Best dense float32 GFLOP/s of an n×n matmul with PyTorch's threads (on a GPU: n = 4096, synchronised)"
+    n = n if torch.device(device).type == 'cpu' else 4096
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     for _ in range(3): a @ b
     best = 0.0
     for _ in range(reps):
-        t = time.perf_counter(); a @ b; dt = time.perf_counter() - t
+        synchronize(device); t = time.perf_counter(); a @ b; synchronize(device); dt = time.perf_counter() - t
         best = max(best, 2 * n**3 / dt / 1e9)
     return best
 
@@ -42,12 +44,12 @@ def step_flops(d_in, width, depth, d_out, batch):
     P = d_in * width + (depth - 1) * width * width + width * d_out
     return 6 * batch * P - 2 * batch * d_in * width
 
-def make_models(stream, width, M):
+def make_models(stream, width, M, device='cpu'):
     gammas = np.geomspace(0.03, 3.0, M)
     out = []
     for i, g in enumerate(gammas):
         torch.manual_seed(i)
-        out.append(MLP(stream.d_in, width, 3, stream.d_out, Parameterization('mup', float(g))))
+        out.append(MLP(stream.d_in, width, 3, stream.d_out, Parameterization('mup', float(g))).to(device))
     return out
 
 def part1(args, peak):
@@ -67,14 +69,14 @@ def part1(args, peak):
     for w in args.widths:
         flops = work(w)
         # warm-up (first-call costs of the allocator and the thread pool)
-        train_continual(make_models(stream, w, 2), stream, cfgs[:2], progress=False)
+        train_continual(make_models(stream, w, 2, args.device), stream, cfgs[:2], progress=False)
         t_loop = t_bat = math.inf
         for _ in range(3 if w <= 256 else 1):      # the small widths take well under a second: best of 3 against noise
-            ms = make_models(stream, w, args.models)
+            ms = make_models(stream, w, args.models, args.device)
             t = time.perf_counter()
             for m, c in zip(ms, cfgs): train_continual(m, stream, c, progress=False)
             t_loop = min(t_loop, time.perf_counter() - t)
-            ms = make_models(stream, w, args.models)
+            ms = make_models(stream, w, args.models, args.device)
             t = time.perf_counter(); train_continual(ms, stream, cfgs, progress=False); t_bat = min(t_bat, time.perf_counter() - t)
         gl, gb = flops / t_loop / 1e9, flops / t_bat / 1e9
         rows.append((w, t_loop, t_bat))
@@ -88,7 +90,7 @@ def part1(args, peak):
     return rows
 
 def _timed(sweep, store, **kw):
-    t = time.perf_counter(); df = run_sweep(sweep, store, progress=False, **kw); return time.perf_counter() - t, df
+    t = time.perf_counter(); df = run_sweep(sweep, store, progress=False, device=ARGS.device, **kw); return time.perf_counter() - t, df
 
 def part2(args):
     print("\n[2] the executor: the default (executor=None) against this process alone (executor='serial', all threads)")
@@ -127,11 +129,13 @@ if __name__ == '__main__':
     ap.add_argument('--tasks', type=int, default=2)
     ap.add_argument('--skip-executor', action='store_true')
     ap.add_argument('--skip-batched', action='store_true')
-    args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
+    ap.add_argument('--device', default='auto', help="auto (CUDA when available), cpu, cuda, cuda:N, mps")
+    args = ARGS = ap.parse_args()
+    args.device = str(resolve_device(args.device))
+    print(f"device: {describe_device(args.device)}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"load average before the run: {os.getloadavg()[0]:.2f}")
-    peak = matmul_peak()
-    print(f"dense float32 matmul (1024×1024, best of 20): {peak:.1f} GFLOP/s")
+    peak = matmul_peak(device=args.device)
+    print(f"dense float32 matmul (best of 20): {peak:.1f} GFLOP/s")
     if not args.skip_batched: part1(args, peak)
     if not args.skip_executor: part2(args)
-    print(f"\nmatmul peak re-measured at the end: {matmul_peak():.1f} GFLOP/s; load average {os.getloadavg()[0]:.2f}")
+    print(f"\nmatmul peak re-measured at the end: {matmul_peak(device=args.device):.1f} GFLOP/s; load average {os.getloadavg()[0]:.2f}")

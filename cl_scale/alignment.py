@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from .ot import TransportMap, activation_cost, plan_map
-from .fusion import FusionConfig, Lin, Attn, graph_for, collect_activations, check_compatible, token_rules, _check_calib
+from .fusion import FusionConfig, Lin, Attn, graph_for, collect_activations, check_compatible, token_rules, _check_calib, _on_device
 
 # %% auto #0
 __all__ = ['correlations', 'plan_entropy', 'top_mass', 'diagnosed_layers', 'layer_diagnostics', 'plot_alignment']
@@ -60,6 +60,7 @@ def diagnosed_layers(graph) -> list:
 def layer_diagnostics(model, anchor, calib_data, maps:dict=None, config:FusionConfig=None, **options) -> pd.DataFrame:
     "Per layer of `anchor`'s flow graph: how well `model`'s neurons, aligned by each layer's plan, match the anchor's (see the table above)"
     cfg = FusionConfig.of(config, **options)
+    _, (model, anchor), calib_data = _on_device(cfg, 'layer_diagnostics', dict(model=model, anchor=anchor), calib_data)   # as fusion does
     check_compatible(model, anchor); _check_calib(model, calib_data); _check_calib(anchor, calib_data)
     graph = token_rules(graph_for(anchor), cfg.tokens)     # the points fusion's costs see, under the configured token rules
     layers = diagnosed_layers(graph)
@@ -71,6 +72,7 @@ def layer_diagnostics(model, anchor, calib_data, maps:dict=None, config:FusionCo
         xa, xb = acts_a[key], acts_b[key]
         T = (maps or {}).get(key)
         if T is None: T = plan_map(activation_cost(xa, xb, key), cfg.solver, cfg.reg)
+        elif T.P.device != xa.device: T = TransportMap(T.P.to(xa.device), T.solver, T.reg)   # a given map, where the activations are
         if tuple(T.shape) != (len(xa), len(xb)):
             raise ValueError(f"the map given for {key} is {T.shape[0]}×{T.shape[1]}, the layer's widths are {len(xa)}×{len(xb)}")
         R = correlations(xa, xb)

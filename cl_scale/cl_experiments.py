@@ -15,6 +15,7 @@ from .param import Parameterization
 from .options import sized
 from functools import lru_cache
 from .data import EMBEDDED, StreamConfig, make_stream, dataset_available
+from .device import check_precision
 from .sweep import RunSpec, Sweep, RunList, ResultStore, run_sweep
 from .claims import (REVERSAL_RULE, INTERIOR_RULE, Claim, Check, make_claim, worst, curve, mean_se, difference, trend, half_rise, crossing,
                              rise_width, bootstrap, interval, optimum, u_shape, shift, shift_interval, overlap, slope,
@@ -64,6 +65,9 @@ class CLSuite:
     data_root: str = None                        # where torchvision datasets are looked for (default $CL_SCALE_DATA or ~/data)
     n_train: int = None                          # optional stratified subsets of the data (small tests)
     n_test: int = None
+    precision: str = 'fp32'                      # 'fp32'; on a GPU 'tf32' or 'bf16' (part of each run's identity when not fp32)
+
+    def __post_init__(self): check_precision(self.precision)
 
     @classmethod
     def make(cls, quick:bool=True, **kw) -> CLSuite:
@@ -92,7 +96,8 @@ class CLSuite:
         cifar = dataset == 'cifar10'
         return RunSpec(depth=self.cifar_depth if cifar else self.depth, arch='resnet' if cifar else 'mlp',
                        similarity=self.similarity if kind == 'permuted' else None, stream=self._stream(dataset, kind),
-                       train=dict(epochs=self.epochs(dataset, kind), lr=30.0, n_probe=256, n_ntk=0))
+                       train=dict(epochs=self.epochs(dataset, kind), lr=30.0, n_probe=256, n_ntk=0,
+                                  **({} if self.precision == 'fp32' else dict(precision=self.precision))))
 
     def cifar_available(self) -> bool: return dataset_available('cifar10', self.data_root)
 
@@ -169,17 +174,19 @@ def lr_choice(table:pd.DataFrame) -> dict:
     return {r.key: float(r.lr) for r in table[table.chosen.astype(bool)].itertuples()}
 
 # %% ../nbs/05_cl_experiments.ipynb #de797a1c
-def select_lrs(suite:CLSuite, store, executor=None, workers:int=None, batch='auto', progress:bool=True) -> pd.DataFrame:
-    "Run the learning-rate selection of `suite` into `store` (skipping finished runs) and return `lr_table` of it"
+def select_lrs(suite:CLSuite, store, executor=None, workers:int=None, batch='auto', progress:bool=True, device='auto') -> pd.DataFrame:
+    "Run the learning-rate selection of `suite` into `store` (skipping finished runs) on `device` and return `lr_table` of it"
     store = store if isinstance(store, ResultStore) else ResultStore(store)
-    return lr_table(run_sweep(suite.lr_runs(), store, executor=executor, workers=workers, batch=batch, progress=progress))
+    return lr_table(run_sweep(suite.lr_runs(), store, executor=executor, workers=workers, batch=batch, progress=progress, device=device))
 
-def run_suite(suite:CLSuite, store, executor=None, workers:int=None, batch='auto', progress:bool=True, only=None) -> dict:
-    "Select the learning rates, then run the suite's sweeps (or those named in `only`) into `store`; {name: DataFrame of its runs}"
+def run_suite(suite:CLSuite, store, executor=None, workers:int=None, batch='auto', progress:bool=True, only=None,
+              device='auto') -> dict:
+    "Select the learning rates, then run the suite's sweeps (or those named in `only`) into `store` on `device`; {name: DataFrame of its runs}"
     store = store if isinstance(store, ResultStore) else ResultStore(store)
-    lrs = lr_choice(select_lrs(suite, store, executor, workers, batch, progress))
+    lrs = lr_choice(select_lrs(suite, store, executor, workers, batch, progress, device))
     sweeps = {k: v for k, v in suite.sweeps(lrs).items() if only is None or k in only}
-    return {k: run_sweep(s, store, executor=executor, workers=workers, batch=batch, progress=progress) for k, s in sweeps.items()}
+    return {k: run_sweep(s, store, executor=executor, workers=workers, batch=batch, progress=progress, device=device)
+            for k, s in sweeps.items()}
 
 # %% ../nbs/05_cl_experiments.ipynb #3d6add6d
 def runs_table(df:pd.DataFrame) -> pd.DataFrame:

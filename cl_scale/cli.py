@@ -23,6 +23,7 @@ import pandas as pd
 from .dmft_experiments import DMFTSuite, EXPERIMENTS as DMFT_EXPERIMENTS, TITLES as DMFT_TITLES
 from .data import dataset_available, data_root
 from .sweep import run_store, RESULTS_DB
+from .device import resolve_device, device_option, describe_device
 from .fusion_experiments import FusionSuite, run_fusion, fusion_claims_from, TITLE as FUSION_TITLE
 
 # %% auto #0
@@ -45,11 +46,13 @@ class ReproConfig:
     dmft: DMFTSuite = field(default_factory=DMFTSuite)   # the DMFT experiments (see `12_dmft_experiments`)
     fusion: FusionSuite = field(default_factory=FusionSuite)   # the fusion experiment (see `24_fusion_experiments`)
     workers: int = None                   # processes for the sweeps and the fusion training (default: one per core)
+    device: str = 'auto'                  # where the heavy work runs: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', 'mps'
 
     def __post_init__(self):
         w = self.workers
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
             raise ValueError(f"workers must be an integer >= 1 (or None: one per core), got {w!r}")
+        self.device = device_option(self.device)
 
     @classmethod
     def make(cls, quick:bool=True, cl:dict=None, dmft:dict=None, fusion:dict=None, **kw):
@@ -148,7 +151,7 @@ def _cl_notes(suite:CLSuite, n:int, n_div:int, kind:str='permuted') -> str:
 
 def part_cl_lr(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
     "Run the learning-rate selection of the continual-learning suite; save its table and figure"
-    t = select_lrs(cfg.cl, run_store(out), executor=executor, workers=cfg.workers, progress=progress)
+    t = select_lrs(cfg.cl, run_store(out), executor=executor, workers=cfg.workers, progress=progress, device=cfg.device)
     t.to_csv(out/'cl_lr.csv', index=False)
     fig = plot_lr(pd.read_csv(out/'cl_lr.csv')); fig.savefig(out/'cl_lr.png', dpi=110); plt.close(fig)
     s = cfg.cl
@@ -172,7 +175,8 @@ def _cl_part(name:str):
             return PartResult(f'cl_{name}', exp.title, skipped=True,
                               notes=(f"Skipped: torchvision's CIFAR-10 was not found under {data_root(suite.data_root)!r} "
                                      f"(cl_scale never downloads; put the files there or set $CL_SCALE_DATA)."))
-        df = run_suite(suite, run_store(out), executor=executor, workers=cfg.workers, progress=progress, only=[name])[name]
+        df = run_suite(suite, run_store(out), executor=executor, workers=cfg.workers, progress=progress, only=[name],
+                       device=cfg.device)[name]
         runs = runs_table(df); runs.to_csv(out/f'cl_{name}_runs.csv', index=False)
         summary(pd.read_csv(out/f'cl_{name}_runs.csv'), exp.by).to_csv(out/f'cl_{name}.csv', index=False)
         fig = exp.plot(pd.read_csv(out/f'cl_{name}.csv')); fig.savefig(out/f'cl_{name}.png', dpi=110); plt.close(fig)
@@ -197,7 +201,7 @@ def _dmft_part(name:str):
     "The reproduce part that runs the DMFT experiment `name` of `12_dmft_experiments`"
     run = DMFT_EXPERIMENTS[name][0]
     def part(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
-        r = run(cfg.dmft, out, progress=progress, executor=executor, workers=cfg.workers)
+        r = run(cfg.dmft, out, progress=progress, executor=executor, workers=cfg.workers, device=cfg.device)
         return PartResult(f'dmft_{name}', DMFT_TITLES[name], figures=list(r['figures']), tables=list(r['tables']), notes=r['notes'])
     part.__name__ = part.__qualname__ = f'part_dmft_{name}'
     part.__doc__ = f"Run the DMFT experiment {name!r}; save its tables and figures"
@@ -212,7 +216,7 @@ def _dmft_claims(name:str):
 # %% ../nbs/30_cli.ipynb #7fd8f665
 def part_fusion(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
     "Run the fusion experiment of `24_fusion_experiments` at the sizes of `cfg.fusion`; tables and figures"
-    r = run_fusion(cfg.fusion, out, executor=executor, workers=cfg.workers, progress=progress)
+    r = run_fusion(cfg.fusion, out, executor=executor, workers=cfg.workers, progress=progress, device=cfg.device)
     return PartResult('fusion', FUSION_TITLE, figures=r['figures'], tables=r['tables'], notes=r['notes'])
 
 def part_fusion_cifar(cfg:ReproConfig, out:Path, progress:bool=True, executor=None) -> PartResult:
@@ -222,7 +226,7 @@ def part_fusion_cifar(cfg:ReproConfig, out:Path, progress:bool=True, executor=No
         return PartResult('fusion_cifar', title, skipped=True,
                           notes=(f"Skipped: torchvision's CIFAR-10 was not found under {data_root(suite.data_root)!r} "
                                  f"(cl_scale never downloads; put the files there or set $CL_SCALE_DATA)."))
-    r = run_fusion(suite, out/'fusion_cifar', executor=executor, workers=cfg.workers, progress=progress)
+    r = run_fusion(suite, out/'fusion_cifar', executor=executor, workers=cfg.workers, progress=progress, device=cfg.device)
     return PartResult('fusion_cifar', title, figures=[f'fusion_cifar/{f}' for f in r['figures']],
                       tables=[f'fusion_cifar/{t}' for t in r['tables']], notes=r['notes'])
 
@@ -403,9 +407,10 @@ def _finished(p:PartResult, out:Path) -> bool:
     return p is not None and p.error is None and not p.skipped and all((out/f).exists() for f in p.figures + p.tables)
 
 def _describe(executor, cfg) -> str:
-    if executor is None: return f"local: {cfg.workers or os.cpu_count()} worker process(es)"
+    if executor is None: return f"local: {cfg.workers or os.cpu_count()} worker process(es) · device {describe_device(resolve_device(cfg.device))}"
     sched = getattr(executor, 'scheduler', None)
-    return f"Dask cluster at {getattr(sched, 'address', '?')}" if sched is not None else f"executor {type(executor).__name__}"
+    where = f"Dask cluster at {getattr(sched, 'address', '?')}" if sched is not None else f"executor {type(executor).__name__}"
+    return f"{where} · device {cfg.device} (resolved by each worker)"
 
 def _versions() -> dict:
     import scipy, ot as pot
@@ -428,9 +433,10 @@ def run_reproduce(cfg:ReproConfig=None, out_dir='results', only=None, progress:b
         out = Path(resume)
         if not (out/'config.json').exists(): raise ValueError(f"{out} is not a run folder of cl-scale-reproduce: it has no config.json")
         saved = ReproConfig.load(out)
-        if cfg is not None and replace(cfg, workers=None) != replace(saved, workers=None):
+        same = lambda c: replace(c, workers=None, device='auto')       # where and how wide it runs may change on resuming
+        if cfg is not None and same(cfg) != same(saved):
             raise ValueError(f"{out} was run with another configuration: a resumed run keeps the saved one (pass cfg=None)")
-        cfg = replace(saved, workers=cfg.workers if cfg is not None else saved.workers)
+        cfg = replace(saved, workers=cfg.workers, device=cfg.device) if cfg is not None else saved
         plan = json.loads((out/'run.json').read_text())['parts'] if (out/'run.json').exists() else list(PARTS)
         names = names or [n for n in plan if n in PARTS]
         plan += [n for n in names if n not in plan]
@@ -486,6 +492,8 @@ def reproduce(
     threads:int=1,               # torch threads in this process (0: torch's choice)
     workers:int=None,            # local processes for the sweeps and the fusion training (default: one per core)
     cluster:str=None,            # address of a Dask scheduler (e.g. tcp://host:8786) to run them on instead
+    device:str='auto',           # where the heavy work runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps
+    precision:str='fp32',        # fp32 (default); on a GPU tf32 (TF32 matrix products) or bf16 (bfloat16 autocast) for the sweeps
     debug:bool=False,            # on an error, show the traceback instead of one line
 ):
     "Run cl_scale's experiments on the embedded default data and write figures, numbers and a report to `out`"
@@ -493,9 +501,14 @@ def reproduce(
     if threads: torch.set_num_threads(threads)
     client = None
     try:
+        if not cluster: resolve_device(device)      # a device this machine lacks: one line, before any work (a cluster's workers resolve their own)
         client = connect(cluster) if cluster else None
-        cfg = ReproConfig.make(quick=quick, workers=workers) if resume is None else (
-              replace(ReproConfig.load(resume), workers=workers) if workers is not None else None)
+        if resume is None: cfg = ReproConfig.make(quick=quick, workers=workers, device=device, cl=dict(precision=precision))
+        else:
+            saved = ReproConfig.load(resume)
+            if precision != 'fp32' and precision != saved.cl.precision:
+                raise ValueError(f"{resume} was run with precision {saved.cl.precision!r}: a resumed run keeps it")
+            cfg = replace(saved, workers=workers if workers is not None else saved.workers, device=device)
         run = run_reproduce(cfg, out, only=only, resume=resume, executor=client)
     except Exception as err:              # bad input at the boundary: one line (a failing *part* is reported, not raised)
         if debug: raise

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .param import (ScaledModel, make_optimizer, param_groups, ScaledLayer, ScaledLinear, fit, Looped, Batched,
                             cosine_factor, constant_factor, lr_mults)
 from .data import TaskStream, Task
+from .device import check_same_device, precision_scope, precision_flags, check_precision, device_record
 
 # %% auto #0
 __all__ = ['LOSSES', 'cl_metrics', 'linear_cka', 'cka_distance', 'kernel_distance', 'call_model', 'model_features', 'gram',
@@ -99,6 +100,7 @@ def call_model(model, x, task=None):
 def model_features(model, x:torch.Tensor) -> torch.Tensor:
     "The last hidden layer's activations (the model's `features` method), without gradients"
     if not hasattr(model, 'features'): raise AttributeError(f"{type(model).__name__} has no `features(x)` method")
+    check_same_device('model_features', model=model, inputs=x)
     with torch.no_grad(): return model.features(x).flatten(1)
 
 def gram(Z:torch.Tensor) -> torch.Tensor:
@@ -116,6 +118,7 @@ def _dense_layers(model) -> dict:
 
 def empirical_ntk(model, x:torch.Tensor, task=None) -> torch.Tensor:
     "The learning-rate-weighted trace NTK Σ_k Σ_p η_p ∂f_k(x)·∂f_k(x') on inputs `x` (n × n, float64)"
+    check_same_device('empirical_ntk', model=model, inputs=x)
     mult, kw = lr_mults(model), ({'task': task, 'centered': False} if isinstance(model, ScaledModel) else {})
     dense, ins, outs = _dense_layers(model), {}, {}
     def hook(name):
@@ -185,6 +188,7 @@ class TrainConfig:
     n_ntk: int = 32            # probe inputs for the empirical NTK (first n_ntk of the probe); 0 turns it off
     max_loss: float = 1e6      # a training loss above this counts as divergence
     eval_batch: int = 2048
+    precision: str = 'fp32'    # 'fp32', or for a GPU 'tf32' (TF32 products) / 'bf16' (bfloat16 autocast): see `00c_device`
 
     def __post_init__(self):
         if self.loss not in LOSSES: raise ValueError(f"unknown loss {self.loss!r}: expected one of {LOSSES}")
@@ -193,6 +197,7 @@ class TrainConfig:
         for k in ('epochs', 'batch_size'):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
+        check_precision(self.precision)
         if 0 < self.n_probe < self.n_ntk: raise ValueError(f"n_ntk ({self.n_ntk}) must not exceed n_probe ({self.n_probe})")
 
     def to_dict(self) -> dict: return asdict(self)
@@ -211,11 +216,12 @@ def evaluate(model, task:Task, loss:str='ce', batch:int=2048, split:str='test') 
     if split not in ('test', 'train'): raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     X, Y = (task.x_test, task.y_test) if split == 'test' else (task.x_train, task.y_train)
     many = isinstance(model, Batched)
+    check_same_device('evaluate', model=next(iter(model.params.values())) if many else model, **{f"task {task.name!r}'s {split} inputs": X})
     n, M = len(X), len(model.models) if many else 1
     correct, total = (torch.zeros(M, dtype=torch.long, device=X.device), torch.zeros(M, dtype=torch.float64, device=X.device)) if many else (0, 0.0)
     rows = max(1, batch // M)           # M models × rows inputs at a time: the memory of one model's `batch`
     for s in range(0, n, rows):
-        idx = torch.arange(s, min(s + rows, n))
+        idx = torch.arange(s, min(s + rows, n), device=X.device)
         h, y = task.heads(split, idx), Y[idx]
         if many:
             out = model.outputs(X[idx], h)                  # (M, rows, d_out), from the stepper's weights
@@ -296,7 +302,12 @@ def _check_task(task:Task, ti:int, d_out:int, d_in=None):
 
 def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress:bool=True, on_task_end=None,
                     on_epoch=None):
-    "Train `model` (or a list of same-shape models, batched) on the tasks of `stream` in order; evaluate every task after each one"
+    "Train `model` (or a list of same-shape models, batched) on the tasks of `stream` in order, on the models' device; evaluate every task after each one"
+    cfgs = _configs(cfg, len(model) if isinstance(model, (list, tuple)) else 1)
+    with precision_flags(cfgs[0].precision):    # the whole run: no TF32 unless asked for (forward passes: `precision_scope`)
+        return _train_continual(model, stream, cfg, optimizer, progress, on_task_end, on_epoch, cfgs[0].precision)
+
+def _train_continual(model, stream, cfg, optimizer, progress, on_task_end, on_epoch, precision):
     batched = isinstance(model, (list, tuple))
     models = list(model) if batched else [model]
     if not models: raise ValueError("no models to train")
@@ -310,6 +321,7 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
         if isinstance(mdl, ScaledModel) and mdl.readout.n_heads < stream.n_heads:
             raise ValueError(f"the stream needs {stream.n_heads} heads; the model has {mdl.readout.n_heads}")
     if batched and optimizer is not None: raise ValueError("batched training uses the paper's plain SGD: pass optimizer=None")
+    for i, mdl in enumerate(models): check_same_device('train_continual', **{'model 0': models[0], f'model {i}': mdl})
     d_out = getattr(models[0], 'd_out', None) or stream.d_out
     for ti, t in enumerate(stream): _check_task(t, ti, d_out, getattr(models[0], 'd_in', None))
     eng = Batched(models, [c.lr for c in cfgs]) if batched else Looped(models[0], cfg.lr, optimizer or make_optimizer)
@@ -333,11 +345,13 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
     total = sum(cfg.epochs * math.ceil(len(t.x_train) / cfg.batch_size) for t in tasks)
     bar = tqdm(total=total, disable=not progress, leave=False, desc='train')
     for ti, task in enumerate(tasks):
-        def task_loss_fn(m, idx, g, task=task):
-            return task_loss(call(m, task.x_train[idx], task.heads('train', idx)), task.y_train[idx], cfg.loss)
+        def task_loss_fn(m, idx, g, task=task):  # the forward pass and the loss at `precision`; the backward outside it
+            with precision_scope(precision, dev):
+                return task_loss(call(m, task.x_train[idx], task.heads('train', idx)), task.y_train[idx], cfg.loss)
         def stacked(f, idx, g, task=task):       # M MLPs at once (`Batched`): f maps (M, b, ...) to (M, b, d_out)
-            out = f(task.x_train[idx], task.heads('train', idx))
-            return task_loss(out.flatten(0, 1), task.y_train[idx].flatten(), cfg.loss, 'none').view(idx.shape).mean(-1)
+            with precision_scope(precision, dev):
+                out = f(task.x_train[idx], task.heads('train', idx))
+                return task_loss(out.flatten(0, 1), task.y_train[idx].flatten(), cfg.loss, 'none').view(idx.shape).mean(-1)
         task_loss_fn.stacked = stacked
         before = [len(s) for s in steps]
         r = fit(eng, len(task.x_train), task_loss_fn, cfg.epochs, seed=gens, bs=cfg.batch_size,
@@ -372,7 +386,8 @@ def train_continual(model, stream:TaskStream, cfg=None, optimizer=None, progress
     for i, m in enumerate(models):
         m.eval()
         config = dict(train=cfgs[i].to_dict(), stream=stream.config.to_dict() if hasattr(stream.config, 'to_dict') else None,
-                      model=describe_model(m), batched=dict(models=M, seconds=secs) if batched else None)
+                      model=describe_model(m), batched=dict(models=M, seconds=secs) if batched else None,
+                      **device_record(dev, dt, precision))
         out.append(ContinualResult(acc[i], loss[i], np.array(steps[i]), ends[i], diverged[i], feats[i], ntks[i], wcs[i],
                                    config, secs / M, fitted[i]))
     return out if batched else out[0]

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from scipy.linalg.lapack import dpotrf             # in-place Cholesky of the deep solver's large kernels
 from threadpoolctl import threadpool_limits         # so scipy's BLAS keeps to torch's thread count
 from .options import with_options
+from .device import DeviceError, resolve_device, describe_device
 
 # %% auto #0
 __all__ = ['ACTS', 'DMFTProblem', 'problem_from_arrays', 'problem_from_stream', 'similarity_problem', 'arccos_kernels',
@@ -168,6 +169,28 @@ def _check_steps(steps, T):
         raise ValueError(f"steps must be a non-negative integer or one per task ({T}), got {steps!r}")
     return steps
 
+def _cpu_paths(dev) -> bool:
+    """Whether `dev` takes the paths tuned for the CPU: LAPACK in place through scipy, data-dependent column selection,
+    `index_add_` (on a GPU, a read of the device's values waits for it, and CUDA's `index_add_` adds in no fixed order)"""
+    return torch.device(dev).type == 'cpu'
+
+def _solver_device(device, float64:bool=True) -> torch.device:
+    """`resolve_device(device)` for a solver that keeps float64 arrays (`float64`), which MPS does not have: there 'auto'
+    means the CPU, and 'mps' asked for by name is a `DeviceError`"""
+    dev = resolve_device(device)
+    if dev.type != 'mps' or not float64: return dev
+    if device is None or (isinstance(device, str) and device.strip().lower() == 'auto'): return torch.device('cpu')
+    raise DeviceError(f"device {str(device)!r} was asked for, but the DMFT solvers keep float64 arrays, which MPS does not "
+                      f"support; use device='cpu' (or a CUDA GPU)")
+
+def _segment_sum(x:torch.Tensor, seg:torch.Tensor, n:int, dim:int=0) -> torch.Tensor:
+    "Sums of `x` over the segments `seg` (one index per entry along `dim`, values 0..n-1): `index_add_` on the CPU, a 0/1 matrix product elsewhere (deterministic)"
+    if _cpu_paths(x.device):
+        shape = list(x.shape); shape[dim] = n
+        return torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(dim, seg, x)
+    onehot = (seg[None, :] == torch.arange(n, device=x.device)[:, None]).to(x.dtype)      # (n, len(seg))
+    return torch.movedim(torch.tensordot(onehot, x, dims=([1], [dim])), 0, dim).contiguous()
+
 def _check_common(gamma0, eta0, act, readout):
     if not (isinstance(gamma0, (int, float)) and math.isfinite(gamma0) and gamma0 > 0): raise ValueError(f"gamma0 must be positive, got {gamma0!r}")
     if not (isinstance(eta0, (int, float)) and math.isfinite(eta0) and eta0 > 0): raise ValueError(f"eta0 (the time step) must be positive, got {eta0!r}")
@@ -176,26 +199,29 @@ def _check_common(gamma0, eta0, act, readout):
 
 def solve_two_layer(problem:DMFTProblem, gamma0:float=1.0, steps=200, eta0:float=1.0, S:int=10_000, act:str='relu',
                     readout:str='zero', base_width:int=64, seed:int=0, dtype=torch.float32, init_fields=None,
-                    snapshot_steps=(), progress:bool=False) -> DMFTResult:
-    "Forward-in-time particle solution of the two-layer μP DMFT on the tasks of `problem`, trained in order"
+                    snapshot_steps=(), progress:bool=False, device='auto') -> DMFTResult:
+    "Forward-in-time particle solution of the two-layer μP DMFT on the tasks of `problem`, trained in order, on `device`"
     _check_common(gamma0, eta0, act, readout)
     if not isinstance(S, (int, np.integer)) or S < 2: raise ValueError(f"S (the number of particles) must be an integer >= 2, got {S!r}")
+    dev = _solver_device(device)                 # once, before any work: a device that is not here is a DeviceError now
     T, t0 = problem.n_tasks, time.time()
     steps = _check_steps(steps, T)
     gt, P = gamma0 / math.sqrt(base_width), problem.P_tot
-    g = torch.Generator().manual_seed(seed)
-    Kx = torch.as_tensor(problem.Kx, dtype=dtype); y = torch.as_tensor(problem.y, dtype=dtype)
+    g = torch.Generator().manual_seed(seed)      # on the CPU whatever the device: every device starts from the same fields
+    dd = dict(dtype=dtype, device=dev)
+    Kx = torch.as_tensor(problem.Kx, **dd); y = torch.as_tensor(problem.y, **dd)
     # the state, samples × particles so that a task's rows are contiguous: H[μ, i] = h_iμ
     if init_fields is None:
-        H = torch.as_tensor(_sqrt_psd(problem.Kx), dtype=dtype) @ torch.randn(P, S, generator=g, dtype=dtype)
-        z = torch.zeros(S, dtype=dtype) if readout == 'zero' else torch.randn(S, generator=g, dtype=dtype)
+        H = torch.as_tensor(_sqrt_psd(problem.Kx), dtype=dtype, device='cpu') @ torch.randn(P, S, generator=g, dtype=dtype, device='cpu')
+        z = torch.zeros(S, dtype=dtype, device='cpu') if readout == 'zero' else torch.randn(S, generator=g, dtype=dtype, device='cpu')
+        H, z = H.to(dev), z.to(dev)             # drawn on the CPU, moved once
     else:
-        h0, z = (torch.as_tensor(a, dtype=dtype).clone() for a in init_fields)
+        h0, z = (torch.as_tensor(a, **dd).clone() for a in init_fields)
         if h0.shape != (S, P) or z.shape != (S,): raise ValueError(f"init_fields must be h ({S}, {P}) and z ({S},)")
         H = h0.T.contiguous()
     relu, Pmax = act == 'relu', max(problem.task_sizes)
-    phi, f = torch.empty_like(H), torch.empty(P, dtype=dtype)               # preallocated: no allocation per step
-    gbuf, mbuf = torch.empty(Pmax, S, dtype=dtype), torch.empty(Pmax, S, dtype=torch.bool)
+    phi, f = torch.empty_like(H), torch.empty(P, **dd)                      # preallocated: no allocation per step
+    gbuf, mbuf = torch.empty(Pmax, S, **dd), torch.empty(Pmax, S, dtype=torch.bool, device=dev)
     def features():
         if relu: torch.clamp(H, min=0, out=phi)
         else: phi.copy_(H)
@@ -206,17 +232,17 @@ def solve_two_layer(problem:DMFTProblem, gamma0:float=1.0, steps=200, eta0:float
         return f
     f0 = torch.mv(features(), z) / (gt * S) if readout == 'centered' else None
     sls = [problem.task_slice(j) for j in range(T)]
-    losses = torch.empty(sum(steps) + 1, T, dtype=torch.float64)
-    seg = torch.tensor([j for j in range(T) for _ in range(problem.task_sizes[j])])
-    cnt = torch.tensor(problem.task_sizes, dtype=torch.float64)
+    losses = torch.empty(sum(steps) + 1, T, dtype=torch.float64, device=dev)     # on the device: read once, at the end
+    seg = torch.tensor([j for j in range(T) for _ in range(problem.task_sizes[j])], device=dev)
+    cnt = torch.tensor(problem.task_sizes, dtype=torch.float64, device=dev)
     def record(k):
         d2 = (y - f).double().pow(2)
-        losses[k] = 0.5 * torch.zeros(T, dtype=torch.float64).index_add_(0, seg, d2) / cnt
+        losses[k] = 0.5 * _segment_sum(d2, seg, T) / cnt
     def kernels():
         p = features(); gg = ((H > 0).to(dtype) if relu else torch.ones_like(H)) * z[None, :]
-        Phi, G = (p @ p.T / S).double().numpy(), (gg @ gg.T / S).double().numpy()
+        Phi, G = (p @ p.T / S).double().cpu().numpy(), (gg @ gg.T / S).double().cpu().numpy()
         return dict(Phi=Phi, G=G, K=Phi + G * problem.Kx)
-    snap = lambda: dict(h=H.T.double().numpy().copy(), z=z.double().numpy().copy())
+    snap = lambda: dict(h=H.T.double().cpu().numpy().copy(), z=z.double().cpu().numpy().copy())
     snaps, want = {}, set(snapshot_steps)
     kern, ends, k = [kernels()], [], 0
     bar = tqdm(total=sum(steps), disable=not progress, leave=False, desc='DMFT')
@@ -243,14 +269,14 @@ def solve_two_layer(problem:DMFTProblem, gamma0:float=1.0, steps=200, eta0:float
     finally:
         torch.set_flush_denormal(False); bar.close()
     cfg = dict(gamma0=gamma0, steps=steps, eta0=eta0, S=S, act=act, readout=readout, base_width=base_width, seed=seed,
-               dtype=str(dtype), problem=repr(problem))
-    return DMFTResult(losses.numpy(), ends, kern, snaps, cfg, time.time() - t0)
+               dtype=str(dtype), device=str(dev), device_name=describe_device(dev), problem=repr(problem))
+    return DMFTResult(losses.cpu().numpy(), ends, kern, snaps, cfg, time.time() - t0)
 
 # %% ../nbs/11_dmft.ipynb #9716edbb
 def finite_deep(problem:DMFTProblem, width:int, depth:int=2, gamma0:float=1.0, steps=200, eta0:float=1.0, act:str='relu',
                 readout:str='zero', parameterization:str='mup', base_width:int=64, seed:int=0, dtype=torch.float64,
-                return_model:bool=False):
-    "Per-task loss curves (steps + 1, n_tasks) of a width-`width` MLP with `depth` hidden layers (μP at `gamma0`, or NTP) trained on `problem` by full-batch GD"
+                return_model:bool=False, device='auto'):
+    "Per-task loss curves (steps + 1, n_tasks) of a width-`width` MLP with `depth` hidden layers (μP at `gamma0`, or NTP) trained on `problem` by full-batch GD on `device`"
     from cl_scale.param import MLP, Parameterization, make_optimizer, fit, constant_factor
     _check_common(gamma0, eta0, act, readout)
     if parameterization not in ('mup', 'ntp'): raise ValueError(f"parameterization must be 'mup' or 'ntp', got {parameterization!r}")
@@ -258,17 +284,18 @@ def finite_deep(problem:DMFTProblem, width:int, depth:int=2, gamma0:float=1.0, s
         raise ValueError(f"gamma0={gamma0} only applies to μP: NTP at width N is μP with gamma0 = sqrt(base_width/N)")
     if problem.X is None: raise ValueError("this problem has no inputs X (only a kernel): a finite network needs inputs")
     steps = _check_steps(steps, problem.n_tasks)
+    dev = _solver_device(device, dtype == torch.float64)
     torch.manual_seed(seed)
     param = Parameterization(parameterization, gamma0, base_width, readout)
-    net = MLP(problem.X.shape[1], width, depth, 1, param, act=act, dtype=dtype)
+    net = MLP(problem.X.shape[1], width, depth, 1, param, act=act, dtype=dtype).to(dev)   # made on the CPU: the same weights on every device
     init = tuple(l.weight.detach().clone() for l in net.layers) + (net.readout.weight.detach().clone(),)
-    X, y = torch.as_tensor(problem.X, dtype=dtype), torch.as_tensor(problem.y, dtype=dtype)
+    X, y = torch.as_tensor(problem.X, dtype=dtype, device=dev), torch.as_tensor(problem.y, dtype=dtype, device=dev)
     opt = make_optimizer(net, eta0)
     sls = [problem.task_slice(j) for j in range(problem.n_tasks)]
-    losses, k = np.empty((sum(steps) + 1, problem.n_tasks)), 0
+    means, k = torch.empty(sum(steps) + 1, problem.n_tasks, dtype=dtype, device=dev), 0     # kept on the device: no read per step
     def record(k):
         with torch.no_grad(): d = (y - net(X)[:, 0]).pow(2)
-        losses[k] = [0.5 * d[s].mean().item() for s in sls]
+        means[k] = torch.stack([d[s].mean() for s in sls])
     for c, sl in enumerate(sls):       # the package's loop: full-batch GD on task c, the loss recorded before every step
         Xc, yc = X[sl], y[sl]
         def step_hook(_, base=k): record(base + _)
@@ -276,12 +303,14 @@ def finite_deep(problem:DMFTProblem, width:int, depth:int=2, gamma0:float=1.0, s
             optimizer=opt, schedule=constant_factor, shuffle=False, on_step=step_hook)
         k += steps[c]
     record(k)
+    losses = 0.5 * means.cpu().double().numpy()
     return (losses, net, init) if return_model else losses
 
 def finite_two_layer(problem:DMFTProblem, width:int, gamma0:float=1.0, steps=200, eta0:float=1.0, act:str='relu',
-                     readout:str='zero', base_width:int=64, seed:int=0, dtype=torch.float64, return_model:bool=False):
+                     readout:str='zero', base_width:int=64, seed:int=0, dtype=torch.float64, return_model:bool=False,
+                     device='auto'):
     "Per-task loss curves (steps + 1, n_tasks) of a width-`width` two-layer μP MLP trained on `problem` by full-batch GD"
-    return finite_deep(problem, width, 1, gamma0, steps, eta0, act, readout, 'mup', base_width, seed, dtype, return_model)
+    return finite_deep(problem, width, 1, gamma0, steps, eta0, act, readout, 'mup', base_width, seed, dtype, return_model, device)
 
 # %% ../nbs/11_dmft.ipynb #8dd09bfd
 def lazy_two_layer(problem:DMFTProblem, steps=200, eta0:float=1.0, act:str='relu', readout:str='zero', K=None) -> np.ndarray:
@@ -308,13 +337,14 @@ def lazy_two_layer(problem:DMFTProblem, steps=200, eta0:float=1.0, act:str='relu
 
 # %% ../nbs/11_dmft.ipynb #665b29cc
 def convergence_study(problem:DMFTProblem, widths=(64, 256, 1024, 4096), gamma0:float=1.0, steps=100, eta0:float=1.0,
-                      seeds=range(12), S_ref:int=25_000, n_ref:int=4, progress:bool=False) -> dict:
+                      seeds=range(12), S_ref:int=25_000, n_ref:int=4, progress:bool=False, device='auto') -> dict:
     "Finite-width μP networks against the solver: per width the gap, bias and fluctuation (RMS over time), and the fits"
     rms = lambda a: float(np.sqrt(np.mean(a ** 2)))
-    ref = np.mean([solve_two_layer(problem, gamma0, steps, eta0, S_ref, seed=10_000 + s).loss for s in range(n_ref)], 0)
+    dev = _solver_device(device)
+    ref = np.mean([solve_two_layer(problem, gamma0, steps, eta0, S_ref, seed=10_000 + s, device=dev).loss for s in range(n_ref)], 0)
     out = dict(widths=list(widths), ref=ref, curves={}, gap=[], bias=[], fluct=[])
     for N in tqdm(widths, disable=not progress, leave=False, desc='widths'):
-        Ls = np.stack([finite_two_layer(problem, N, gamma0, steps, eta0, seed=s, dtype=torch.float32) for s in seeds])
+        Ls = np.stack([finite_two_layer(problem, N, gamma0, steps, eta0, seed=s, dtype=torch.float32, device=dev) for s in seeds])
         out['curves'][N] = Ls.mean(0)
         out['gap'].append(float(np.mean([rms(L - ref) for L in Ls])))
         out['bias'].append(rms(Ls.mean(0) - ref))
@@ -356,12 +386,24 @@ def _chol(K:torch.Tensor, jitter:float) -> torch.Tensor:
     K64 = K.to(torch.float64)
     scale = K64.diagonal().mean().item()
     if not scale > 0: return torch.zeros_like(K)
+    if not _cpu_paths(K.device): return _chol_device(K64, scale, jitter).to(dtype)
     with threadpool_limits(limits=torch.get_num_threads(), user_api='blas'):
         for k in range(10):
             a = K64.numpy().copy()
             a.flat[::n + 1] += (jitter * 10**k + (1e-15 if k else 0)) * scale
             _, info = dpotrf(a.T, lower=0, clean=0, overwrite_a=1)
             if info == 0: return torch.from_numpy(a).tril_().to(dtype)
+    raise np.linalg.LinAlgError("a kernel could not be factored: it is not positive semi-definite (NaN or diverging fields?)")
+
+def _chol_device(K64:torch.Tensor, scale:float, jitter:float) -> torch.Tensor:
+    "`_chol` on a GPU: `torch.linalg.cholesky_ex` of the mirrored lower triangle, the same jitter raised ×10; one read of `info` per attempt"
+    A = K64.tril()
+    A += A.tril(-1).mT                                   # the pair's buffer holds the kernel in its lower triangle only
+    d = A.diagonal(); d0 = d.clone()
+    for k in range(10):
+        d.copy_(d0).add_((jitter * 10**k + (1e-15 if k else 0)) * scale)
+        R, info = torch.linalg.cholesky_ex(A)
+        if bool((info == 0) & R.diagonal().isfinite().all()): return R
     raise np.linalg.LinAlgError("a kernel could not be factored: it is not positive semi-definite (NaN or diverging fields?)")
 
 def _row_blocks(n:int, P:int, target:int=512):
@@ -371,7 +413,7 @@ def _row_blocks(n:int, P:int, target:int=512):
 
 def _tri_mm(R:torch.Tensor, E:torch.Tensor) -> torch.Tensor:
     "R @ E for a lower-triangular R, by row blocks (half the flops of a dense product)"
-    out = torch.empty(R.shape[0], E.shape[1], dtype=E.dtype)
+    out = torch.empty(R.shape[0], E.shape[1], dtype=E.dtype, device=E.device)
     for i, e in _row_blocks(R.shape[0], 1):
         out[i:e] = R[i:e, :e] @ E[:e]
     return out
@@ -379,10 +421,11 @@ def _tri_mm(R:torch.Tensor, E:torch.Tensor) -> torch.Tensor:
 def _responses(C, D, l1, l2, want_A:bool, want_B:bool, P:int, mem_bytes:float=2**28):
     "⟨Λ1 M⁻¹ C Λ1⟩ and ⟨K M⁻¹⟩, K = Λ1 D Λ1 + diag(Λ2), M = I − C K, averaged over the samples (columns of l1, l2)"
     n, S = l1.shape
-    wd, nt = torch.float32, n // P                        # Monte-Carlo averages: float32 rounding is far below their noise
+    wd, nt, dev = torch.float32, n // P, C.device         # Monte-Carlo averages: float32 rounding is far below their noise
+    if not _cpu_paths(dev): mem_bytes *= 4                # a GPU: larger batches, fewer (and larger) launches
     batch = max(1, min(S, int(mem_bytes // (12 * n * n))))
-    EA = torch.zeros(n, n, dtype=torch.float64) if want_A else None
-    EB = torch.zeros(n, n, dtype=torch.float64) if want_B else None
+    EA = torch.zeros(n, n, dtype=torch.float64, device=dev) if want_A else None
+    EB = torch.zeros(n, n, dtype=torch.float64, device=dev) if want_B else None
     C32, D32 = C.to(wd).contiguous(), D.to(wd).contiguous()
     for i in range(0, S, batch):
         a, b2 = (v[:, i:i + batch].to(wd).contiguous() for v in (l1, l2))       # (n, m): grid points × samples
@@ -390,7 +433,7 @@ def _responses(C, D, l1, l2, want_A:bool, want_B:bool, P:int, mem_bytes:float=2*
         # X = M⁻¹R and Y = K X, stored (row, column, sample) so that T[:r, :c] is one (r × c·m) matrix with a leading
         # dimension: the products with the shared C and D are single large matrix products over all samples at once
         # (each step writes its rows in full, the columns past the step as zeros, so nothing needs clearing beforehand)
-        X, Y, aX = (torch.empty(n, n, m, dtype=wd) for _ in range(3))
+        X, Y, aX = (torch.empty(n, n, m, dtype=wd, device=dev) for _ in range(3))
         view = lambda T, r, c: T.as_strided((r, c * m), (n * m, 1))
         for kind in [k for k, w in (('A', want_A), ('B', want_B)) if w]:
             for t in range(nt):
@@ -398,7 +441,7 @@ def _responses(C, D, l1, l2, want_A:bool, want_B:bool, P:int, mem_bytes:float=2*
                 # both stay block lower-triangular, so only the columns up to this step are touched
                 b, tp, ce = slice(t * P, (t + 1) * P), t * P, (t + 1) * P
                 if kind == 'A': Xb = C32[b, :ce, None] * a[None, :ce, :]               # R = C Λ1
-                else: Xb = torch.zeros(P, ce, m, dtype=wd); Xb[:, tp:ce].diagonal(dim1=0, dim2=1).add_(1)   # R = I
+                else: Xb = torch.zeros(P, ce, m, dtype=wd, device=dev); Xb[:, tp:ce].diagonal(dim1=0, dim2=1).add_(1)   # R = I
                 if t: Xb += (C32[b, :tp] @ view(Y, tp, ce)).view(P, ce, m)
                 X[b, :ce] = Xb
                 aX[b, :ce] = Xb * a[b, None, :]
@@ -437,11 +480,11 @@ def _coarse_remainder(Cc, Dc, l1, l2, want_A:bool, want_B:bool, P:int, grid, n_s
     (÷ the block lengths) as (ntc, P, ntc, P), for `_lift_rows`; the first order is added on the full grid by the caller"""
     n, S = l1.shape
     Sr = S if n_sub is None else min(S, n_sub)
-    dt, ntc = Cc.dtype, len(grid['tc'])
-    wcol, blk = torch.as_tensor(grid['wcol'], dtype=dt), torch.as_tensor(grid['blk'])
+    dt, ntc, dev = Cc.dtype, len(grid['tc']), Cc.device
+    wcol, blk = torch.as_tensor(grid['wcol'], dtype=dt, device=dev), torch.as_tensor(grid['blk'], device=dev)
     # the per-sample diagonals are averaged over each block (product integration): ReLU's φ''(h) z is a narrow bump in
     # time around a zero crossing, which a point sample would catch or miss
-    avg = lambda v: torch.zeros(ntc, P, v.shape[1], dtype=dt).index_add_(0, blk, v.view(-1, P, v.shape[1])).view(-1, v.shape[1]) / wcol[:, None]
+    avg = lambda v: _segment_sum(v.view(-1, P, v.shape[1]), blk, ntc).view(-1, v.shape[1]) / wcol[:, None]
     l1c, l2c = avg(l1[:, :Sr]), avg(l2[:, :Sr])
     EAc, EBc = _responses(Cc, Dc, l1c, l2c, want_A, want_B, P)
     llc = l1c @ l1c.T / Sr
@@ -499,12 +542,14 @@ class DeepConfig:
     smooth_step: bool = False      # φ'(h) as the Gaussian CDF of width τ, the integral of the smoothed φ''
     sources: str = 'auto'          # Gaussian sources from the kernels' own factor ('factor'), by Cholesky, or 'auto'
     progress: bool = False         # a progress bar over the iterations
+    device: str = 'auto'           # where it runs: 'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:N', 'mps'
 
     def __post_init__(self):
         _check_common(self.gamma0, self.eta0, self.act, self.readout)
         _check_deep(self.depth, self.S, self.damping, self.tol, self.max_iter, self.kink, self.jitter)
         if not isinstance(self.smooth_step, bool): raise ValueError(f"smooth_step must be True or False, got {self.smooth_step!r}")
         if self.sources not in ('auto', 'factor', 'cholesky'): raise ValueError(f"sources must be 'auto', 'factor' or 'cholesky', got {self.sources!r}")
+        _solver_device(self.device)    # a device that is not here: a DeviceError when the configuration is made
         if self.dtype not in (torch.float32, torch.float64): raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
         if self.float32_until is not None:
             if self.dtype != torch.float64: raise ValueError("float32_until (a float32 start before float64 iterations) needs dtype=torch.float64")
@@ -531,15 +576,15 @@ class _Pair:
     D: torch.Tensor = None
     def to(self, dt): return _Pair(self.M.to(dt), None if self.D is None else self.D.to(dt))
 
-def _blockmask(nt:int, P:int, strict:bool) -> torch.Tensor:
+def _blockmask(nt:int, P:int, strict:bool, device='cpu') -> torch.Tensor:
     "(n × n) bool: the row's time after the column's (`strict`), or not before it"
-    m = torch.ones(nt, nt, dtype=torch.bool).tril_(-1 if strict else 0)
+    m = torch.ones(nt, nt, dtype=torch.bool, device=device).tril_(-1 if strict else 0)
     return m[:, None, :, None].expand(nt, P, nt, P).reshape(nt * P, nt * P)
 
 def _pair_full(K:_Pair, which:str, nt:int, P:int) -> torch.Tensor:
     "One kernel of the pair as a dense n × n matrix: 'sym' mirrored, 'causal' with its diagonal blocks"
-    strict = _blockmask(nt, P, True)
-    if which == 'sym': return torch.where(_blockmask(nt, P, False), K.M, 0) + torch.where(strict, K.M, 0).T
+    strict = _blockmask(nt, P, True, K.M.device)
+    if which == 'sym': return torch.where(_blockmask(nt, P, False, K.M.device), K.M, 0) + torch.where(strict, K.M, 0).T
     out = torch.where(strict, K.M.T, 0)
     if K.D is not None:
         for t in range(nt): out[t * P:(t + 1) * P, t * P:(t + 1) * P] = K.D[t]
@@ -547,33 +592,33 @@ def _pair_full(K:_Pair, which:str, nt:int, P:int) -> torch.Tensor:
 
 def _pair_set(K:_Pair, which:str, full:torch.Tensor, nt:int, P:int):
     "Overwrite one kernel of the pair (in place) from a dense n × n matrix: 'sym' from its block-lower triangle, 'causal' from its causal part"
-    if which == 'sym': K.M.copy_(torch.where(_blockmask(nt, P, False), full, K.M)); return
-    K.M.copy_(torch.where(_blockmask(nt, P, True).T, full.T, K.M))
+    if which == 'sym': K.M.copy_(torch.where(_blockmask(nt, P, False, K.M.device), full, K.M)); return
+    K.M.copy_(torch.where(_blockmask(nt, P, True, K.M.device).T, full.T, K.M))
     if K.D is not None:
         for t in range(nt): K.D[t] = full[t * P:(t + 1) * P, t * P:(t + 1) * P]
 
-def _deep_noise(problem:DMFTProblem, cfg:DeepConfig, steps:list, nt:int, n:int, use_fac:bool):
-    "The common random numbers (drawn once in float64, reused by every iteration) and the problem's arrays on the grid; and the task slices"
+def _deep_noise(problem:DMFTProblem, cfg:DeepConfig, steps:list, nt:int, n:int, use_fac:bool, device='cpu'):
+    "The common random numbers (drawn once in float64 on the CPU, reused by every iteration) and the problem's arrays on the grid, moved to `device`; and the task slices"
     S, L, P, T, f64 = cfg.S, int(cfg.depth), problem.P_tot, problem.n_tasks, torch.float64
-    gen = torch.Generator().manual_seed(cfg.seed)
-    # common random numbers: drawn once (in float64 whatever the precision, so both precisions see the same noise)
-    # and reused by every iteration
+    gen, cpu = torch.Generator().manual_seed(cfg.seed), dict(dtype=f64, device='cpu')
+    # common random numbers: drawn once (in float64 whatever the precision, so both precisions see the same noise, and
+    # on the CPU whatever the device, so every device sees the same noise) and reused by every iteration
     # (the first layer's source is constant in time: one P × S block, not repeated on the grid)
-    noise = dict(U1=torch.as_tensor(_sqrt_psd(problem.Kx), dtype=f64) @ torch.randn(P, S, generator=gen, dtype=f64),
-                 w0=torch.zeros(S, dtype=f64) if cfg.readout == 'zero' else torch.randn(S, generator=gen, dtype=f64))
-    noise |= {('u', l): torch.randn(n, S, generator=gen, dtype=f64) for l in range(2, L + 1)}
-    noise |= {('r', l): torch.randn(n, S, generator=gen, dtype=f64) for l in range(1, L)}
+    noise = dict(U1=torch.as_tensor(_sqrt_psd(problem.Kx), **cpu) @ torch.randn(P, S, generator=gen, **cpu),
+                 w0=torch.zeros(S, **cpu) if cfg.readout == 'zero' else torch.randn(S, generator=gen, **cpu))
+    noise |= {('u', l): torch.randn(n, S, generator=gen, **cpu) for l in range(2, L + 1)}
+    noise |= {('r', l): torch.randn(n, S, generator=gen, **cpu) for l in range(1, L)}
     # the coefficients of the sources on a kernel's own factor (`solve_deep`): at most max(S, P) of them
     if use_fac:
-        noise |= {('xu', l): torch.randn(max(S, P), S, generator=gen, dtype=f64) for l in range(2, L + 1)}
-        noise |= {('xr', l): torch.randn(max(S, P), S, generator=gen, dtype=f64) for l in range(1, L)}
+        noise |= {('xu', l): torch.randn(max(S, P), S, generator=gen, **cpu) for l in range(2, L + 1)}
+        noise |= {('xr', l): torch.randn(max(S, P), S, generator=gen, **cpu) for l in range(1, L)}
     sls = [problem.task_slice(j) for j in range(T)]
-    mask, Pc = torch.zeros(nt, P, dtype=f64), torch.ones(nt, dtype=f64)
+    mask, Pc = torch.zeros(nt, P, **cpu), torch.ones(nt, **cpu)
     for k, j in enumerate(np.repeat(np.arange(T), steps)): mask[k, sls[j]] = 1; Pc[k] = problem.task_sizes[j]
-    fixed = noise | dict(y=torch.as_tensor(problem.y, dtype=f64), mask=mask, Pc=Pc, Kx=torch.as_tensor(problem.Kx, dtype=f64))
-    return fixed, sls
+    fixed = noise | dict(y=torch.as_tensor(problem.y, **cpu), mask=mask, Pc=Pc, Kx=torch.as_tensor(problem.Kx, **cpu))
+    return {k: v.to(device) for k, v in fixed.items()}, sls          # moved once (on the CPU: the same tensors)
 
-def _deep_start(problem:DMFTProblem, cfg:DeepConfig, nt:int, n:int, use_fac:bool, dt):
+def _deep_start(problem:DMFTProblem, cfg:DeepConfig, nt:int, n:int, use_fac:bool, dt, device='cpu'):
     "The lazy start: Φ^ℓ the arc-cosine kernels, constant in time; G; A = B = 0 (stored in pairs, `_Pair`); the sources' factors; ReLU's smoothing widths τ_ℓ"
     L, P, act, readout, kink = int(cfg.depth), problem.P_tot, cfg.act, cfg.readout, cfg.kink
     # initial state: the lazy kernels, constant in time; A = B = 0
@@ -581,13 +626,14 @@ def _deep_start(problem:DMFTProblem, cfg:DeepConfig, nt:int, n:int, use_fac:bool
     for _ in range(L): Phi0.append(arccos_kernels(Phi0[-1], act)[0])
     # the boundaries Φ⁰ = Kˣ, G^{L+1} = 1, A⁰ = B^L = 0 are not stored; a kernel constant in time fills the block-lower
     # triangle of its pair, and its partner (A or B) is 0
-    tile = lambda M: torch.kron(torch.ones(nt, nt, dtype=dt).tril_(), torch.as_tensor(M, dtype=dt))
+    dd = dict(dtype=dt, device=device)
+    tile = lambda M: torch.kron(torch.ones(nt, nt, **dd).tril_(), torch.as_tensor(M, **dd))
     PA = {l: _Pair(tile(Phi0[l])) for l in range(1, L)}
-    GB = {l: _Pair(torch.zeros(n, n, dtype=dt), torch.zeros(nt, P, P, dtype=dt)) for l in range(2, L + 1)}
+    GB = {l: _Pair(torch.zeros(n, n, **dd), torch.zeros(nt, P, P, **dd)) for l in range(2, L + 1)}
     # a factor F (n × r, F Fᵀ = kernel) of every kernel that is sampled, when one is known without factoring: the lazy
     # start is constant in time (F = 1 ⊗ √K), and an undamped update is a sample average, Φ = φφᵀ/S, so F = φ/√S
-    col = lambda M: torch.kron(torch.ones(nt, 1, dtype=dt), torch.as_tensor(_sqrt_psd(M), dtype=dt))
-    fac = {('Phi', l): col(Phi0[l]) for l in range(1, L)} | {('G', l): torch.zeros(n, 1, dtype=dt) for l in range(2, L + 1)}
+    col = lambda M: torch.kron(torch.ones(nt, 1, **dd), torch.as_tensor(_sqrt_psd(M), **dd))
+    fac = {('Phi', l): col(Phi0[l]) for l in range(1, L)} | {('G', l): torch.zeros(n, 1, **dd) for l in range(2, L + 1)}
     if not use_fac: fac = {}
     if readout == 'centered':
         Gc = np.ones((P, P))
@@ -595,7 +641,7 @@ def _deep_start(problem:DMFTProblem, cfg:DeepConfig, nt:int, n:int, use_fac:bool
             Gc = Gc * arccos_kernels(Phi0[l - 1], act)[1]; GB[l].M = tile(Gc)
             if use_fac: fac['G', l] = col(Gc)
     taus = {l: kink * math.sqrt(max(np.diag(Phi0[l - 1]).mean(), 1e-300)) for l in range(1, L + 1)}
-    strict_t = torch.ones(nt, nt).tril_(-1)                  # s < t between time steps (the grid's mask, per block)
+    strict_t = torch.ones(nt, nt, device=device).tril_(-1)   # s < t between time steps (the grid's mask, per block)
     return PA, GB, fac, taus, strict_t
 
 def _deep_warm_start(init:DMFTResult, cfg:DeepConfig, steps:list, PA, GB, nt:int, n:int, P:int, dt, strict_t):
@@ -608,9 +654,10 @@ def _deep_warm_start(init:DMFTResult, cfg:DeepConfig, steps:list, PA, GB, nt:int
     if tt['P_tot'] != P or sorted(tt['Phi']) != list(range(1, L)) or sorted(tt['G']) != list(range(2, L + 1)):
         raise ValueError(f"init was solved for another problem size or depth (P_tot={tt['P_tot']}, "
                          f"depth={len(tt['G'])}); this solve has P_tot={P}, depth={L}")
-    nt0, Wt = tt['n_times'], torch.as_tensor(_time_map(init.config['steps'], steps), dtype=dt)
-    up = lambda M: torch.einsum('ti,iajb,sj->tasb', Wt, torch.as_tensor(M, dtype=dt).view(nt0, P, nt0, P), Wt)
-    scale, causal_t = eta0 / init.config['eta0'], torch.ones(nt, nt).tril_()
+    dd = dict(dtype=dt, device=strict_t.device)
+    nt0, Wt = tt['n_times'], torch.as_tensor(_time_map(init.config['steps'], steps), **dd)
+    up = lambda M: torch.einsum('ti,iajb,sj->tasb', Wt, torch.as_tensor(M, **dd).view(nt0, P, nt0, P), Wt)
+    scale, causal_t = eta0 / init.config['eta0'], torch.ones(nt, nt, device=strict_t.device).tril_()
     for l in range(1, L):
         _pair_set(PA[l], 'sym', up(tt['Phi'][l]).reshape(n, n), nt, P)
         _pair_set(PA[l], 'causal', (up(tt['A'][l]) * (scale * strict_t[:, None, :, None])).reshape(n, n), nt, P)
@@ -638,21 +685,23 @@ class _DeepState:
     GB: dict                       # ℓ = 2..L: G^ℓ with B^{ℓ-1}, one `_Pair`
     fac: dict; taus: dict
     strict_t: torch.Tensor         # s < t between time points
+    dev: torch.device = torch.device('cpu')   # where every tensor of the solve lives
     @property
     def n(self) -> int: return self.nt * self.P
 
-def _deep_setup(problem:DMFTProblem, cfg:DeepConfig, init:DMFTResult=None) -> _DeepState:
-    "The noise, the start (lazy, or `init`'s kernels) and the sizes of one solve"
+def _deep_setup(problem:DMFTProblem, cfg:DeepConfig, init:DMFTResult=None, dev=None) -> _DeepState:
+    "The noise, the start (lazy, or `init`'s kernels) and the sizes of one solve, on `dev` (default: `cfg.device`)"
     steps = _check_steps(cfg.steps, problem.n_tasks)
     L, P, nt = int(cfg.depth), problem.P_tot, sum(steps) + 1
     n, dt = nt * P, torch.float32 if cfg.float32_until is not None else cfg.dtype   # the precision of the first iterations
     use_fac = cfg.sources == 'factor' or (cfg.sources == 'auto' and cfg.S <= n)
-    fixed, sls = _deep_noise(problem, cfg, steps, nt, n, use_fac)
+    dev = _solver_device(cfg.device if dev is None else dev)
+    fixed, sls = _deep_noise(problem, cfg, steps, nt, n, use_fac, dev)
     grid = None if cfg.resp_every == 1 and cfg.resp_samples is None else _response_grid(steps, int(cfg.resp_every), P)
-    PA, GB, fac, taus, strict_t = _deep_start(problem, cfg, nt, n, use_fac, dt)
+    PA, GB, fac, taus, strict_t = _deep_start(problem, cfg, nt, n, use_fac, dt, dev)
     if init is not None: fac = _deep_warm_start(init, cfg, steps, PA, GB, nt, n, P, dt, strict_t)
     return _DeepState(cfg, steps, L, P, nt, cfg.gamma0 / math.sqrt(cfg.base_width), dt, use_fac, fixed,
-                      {k: v.to(dt) for k, v in fixed.items()}, sls, grid, PA, GB, fac, taus, strict_t)
+                      {k: v.to(dt) for k, v in fixed.items()}, sls, grid, PA, GB, fac, taus, strict_t, dev)
 
 # %% ../nbs/11_dmft.ipynb #6fde7acd
 def _deep_source(s:_DeepState, kind:str, k:int, name:str, l:int) -> torch.Tensor:
@@ -672,15 +721,16 @@ def _deep_simulate(s:_DeepState, l:int, c=None) -> dict:
     CK, DK = _drift_kernels(s, l)
     U = None if bottom else _deep_source(s, 'Phi', l - 1, 'u', l)
     Rs = None if top else _deep_source(s, 'G', l + 1, 'r', l)
-    phi, dph, gg, hh = (torch.empty(n, S, dtype=dt) for _ in range(4))
-    l2 = torch.zeros(n, S, dtype=dt) if L > 1 else None  # z itself is not kept: only Λ2, made as the steps go
+    dd = dict(dtype=dt, device=s.dev)
+    phi, dph, gg, hh = (torch.empty(n, S, **dd) for _ in range(4))
+    l2 = torch.zeros(n, S, **dd) if L > 1 else None  # z itself is not kept: only Λ2, made as the steps go
     tau = s.taus[l]
-    if top: Delta, c = torch.empty(nt, P, dtype=dt), torch.zeros(nt, P, dtype=dt)
+    if top: Delta, c = torch.empty(nt, P, **dd), torch.zeros(nt, P, **dd)
     cf = c.reshape(-1); c = cf.view(nt, P)              # (for the readout layer, filled in as the steps go)
     # the boundary kernels are constant in time, so their drifts are running sums, not products with the past:
     # Φ⁰ = Kˣ at every pair of times (h¹ feels Kˣ Σ_{s<t} c(s)g(s)) and G^{L+1} = 1 (z^L, the readout weight, moves by
     # Σ_{s<t} Σ_α c_α(s)φ_α(s), the same for every sample)
-    acc_g, acc_z = torch.zeros(P, S, dtype=dt), torch.zeros(S, dtype=dt)
+    acc_g, acc_z = torch.zeros(P, S, **dd), torch.zeros(S, **dd)
     f0, kb = None, max(1, 512 // P)                     # time blocks of kb steps (≈ 512 rows)
     for t in range(nt):
         b = slice(t * P, (t + 1) * P)
@@ -722,7 +772,7 @@ def _deep_simulate(s:_DeepState, l:int, c=None) -> dict:
 # %% ../nbs/11_dmft.ipynb #a03c2d3d
 def _drift_kernels(s:_DeepState, l:int) -> tuple:
     "The kernels of layer l's drifts: C̃ from the pair (Φ^{ℓ-1}, A^{ℓ-1}), or Φ⁰ = Kˣ (P × P, constant in time); D̃ from (G^{ℓ+1}, B^ℓ), or G^{L+1} = 1"
-    return (s.st['Kx'] if l == 1 else s.PA[l - 1]), (torch.ones(s.P, s.P, dtype=s.dt) if l == s.L else s.GB[l + 1])
+    return (s.st['Kx'] if l == 1 else s.PA[l - 1]), (torch.ones(s.P, s.P, dtype=s.dt, device=s.dev) if l == s.L else s.GB[l + 1])
 
 def _drift_block(s:_DeepState, K, c:torch.Tensor, t0:int, t1:int, s0:int, s1:int) -> torch.Tensor:
     """Rows of times [t0, t1) and columns of times [s0, s1) of the drift (causal kernel) + (symmetric kernel)∘c, the
@@ -752,8 +802,8 @@ def _store(s:_DeepState, K:_Pair, which:str, rows, beta:float) -> tuple:
     P, dif, nrm = s.P, 0.0, 0.0
     def put(new, old, w):                                  # w: weight of each entry in the full kernel (0: not this kernel's)
         nonlocal dif, nrm
-        d = new - old
-        dif += float((d * d).mul_(w).sum()); nrm += float((new * new).mul_(w).sum())
+        d = new - old                                      # summed on the device (in float64): read once, at the end
+        dif = dif + (d * d).mul_(w).sum().double(); nrm = nrm + (new * new).mul_(w).sum().double()
         upd = new if beta == 0 else beta * old + (1 - beta) * new
         old.copy_(upd if isinstance(w, float) else torch.where(w > 0, upd, old))
     for i, e in _row_blocks(s.n, P):
@@ -762,12 +812,12 @@ def _store(s:_DeepState, K:_Pair, which:str, rows, beta:float) -> tuple:
         sq = s.strict_t[t0:t1, t0:t1]
         blk = lambda m: m[:, None, :, None].expand(t1 - t0, P, t1 - t0, P).reshape(e - i, e - i).to(new.dtype)
         if which == 'sym':                                 # below the diagonal blocks: twice (the mirror); on them: once
-            put(new[:, :i], K.M[i:e, :i], 2.0); put(new[:, i:e], K.M[i:e, i:e], blk(2 * sq + torch.eye(t1 - t0)))
+            put(new[:, :i], K.M[i:e, :i], 2.0); put(new[:, i:e], K.M[i:e, i:e], blk(2 * sq + torch.eye(t1 - t0, device=s.dev)))
         else:                                              # stored transposed; the diagonal blocks (B) apart
             put(new[:, :i], K.M[:i, i:e].T, 1.0); put(new[:, i:e], K.M[i:e, i:e].T, blk(sq))
             if K.D is not None:
                 put(torch.stack([new[(t - t0) * P:(t - t0 + 1) * P, t * P:(t + 1) * P] for t in range(t0, t1)]), K.D[t0:t1], 1.0)
-    return dif, nrm
+    return float(dif), float(nrm)
 
 def _gram_rows(X:torch.Tensor, P:int, S:int):
     "The rows of XXᵀ/S for `_store` (of times [t0, t1), columns [0, t1))"
@@ -780,9 +830,11 @@ def _response_rows(s:_DeepState, K, c, l1f, scale:float, Rp, lift:tuple, diag=No
     def rows(t0, t1):
         i, e = t0 * P, t1 * P
         X = _drift_block(s, K, c, t0, t1, 0, t1)
-        cols = torch.nonzero(X.ne(0).any(0)).flatten()
-        ll = torch.zeros(e - i, e, dtype=dt)
-        if len(cols): ll[:, cols] = (l1f[i:e] @ l1f[cols].T).mul_(scale).to(dt)
+        if _cpu_paths(s.dev):
+            cols = torch.nonzero(X.ne(0).any(0)).flatten()
+            ll = torch.zeros(e - i, e, dtype=dt, device=s.dev)
+            if len(cols): ll[:, cols] = (l1f[i:e] @ l1f[cols].T).mul_(scale).to(dt)
+        else: ll = (l1f[i:e] @ l1f[:e].T).mul_(scale).to(dt)      # every column: finding the non-zero ones would wait for the device
         X.mul_(ll)
         if diag is not None: X[:, i:e].diagonal().add_(diag[i:e])
         return X.add_(_lift_rows(Rp, *lift, t0, t1))
@@ -796,7 +848,7 @@ def _deep_sweep(s:_DeepState, beta:float) -> tuple:
     keep = [0] + [int(e) for e in np.cumsum(s.steps)]     # the times whose kernels the result reports
     sq, sims, c, later = {}, {}, None, []
     if s.grid is not None:
-        lift = tuple(torch.as_tensor(s.grid[k], dtype=dt) for k in ('Wr', 'Wc')) + (s.strict_t,)
+        lift = tuple(torch.as_tensor(s.grid[k], dtype=dt, device=s.dev) for k in ('Wr', 'Wc')) + (s.strict_t,)
     for l in range(L, 0, -1):
         sm = _deep_simulate(s, l, c)
         if l == L: c = sm['c']
@@ -819,11 +871,11 @@ def _deep_sweep(s:_DeepState, beta:float) -> tuple:
             else:
                 CK, DK = _drift_kernels(s, l)
                 tc, ntc = s.grid['tc'], len(s.grid['tc'])
-                blkt = torch.as_tensor(s.grid['blk'])
+                blkt = torch.as_tensor(s.grid['blk'], device=s.dev)
                 def bsum(K):                               # the drift's rows at the blocks' first steps, columns summed over each block
-                    R = torch.zeros(ntc * P, n, dtype=dt)
+                    R = torch.zeros(ntc * P, n, dtype=dt, device=s.dev)
                     for j, t in enumerate(tc): R[j * P:(j + 1) * P, :(t + 1) * P] = _drift_block(s, K, c, int(t), int(t) + 1, 0, int(t) + 1)
-                    return torch.zeros(ntc * P, ntc, P, dtype=dt).index_add_(1, blkt, R.view(ntc * P, -1, P)).view(ntc * P, -1)
+                    return _segment_sum(R.view(ntc * P, -1, P), blkt, ntc, 1).view(ntc * P, -1)
                 RA, RB = _coarse_remainder(bsum(CK), bsum(DK), dph, l2, l < L, l > 1, P, s.grid, s.cfg.resp_samples)
                 # ⟨Λ1 ⊗ Λ1⟩, the moment the first order needs: ReLU's (and the linear) φ' is 0 or 1, so float32 sums of up
                 # to 2²⁴ of them are exact
@@ -856,21 +908,22 @@ def _deep_result(problem:DMFTProblem, s:_DeepState, sims:dict, residuals:list, p
     "The solve's `DMFTResult`: per-task losses, kernels at every task end, the two-time kernels when kept, and its record"
     cfg, L, P, S = s.cfg, s.L, s.P, s.cfg.S
     Delta = sims[L]['Delta']
-    loss = np.stack([0.5 * (Delta[:, sl].double() ** 2).mean(1).numpy() for sl in s.sls], 1)
+    loss = np.stack([0.5 * (Delta[:, sl].double() ** 2).mean(1).cpu().numpy() for sl in s.sls], 1)
     ends = list(np.cumsum(s.steps))
     def kernels(t):
-        Phis = [problem.Kx] + [(sims[l]['phi'][t] @ sims[l]['phi'][t].T / S).numpy() for l in range(1, L + 1)]
-        Gs = [(sims[l]['g'][t] @ sims[l]['g'][t].T / S).numpy() for l in range(1, L + 1)] + [np.ones((P, P))]
+        Phis = [problem.Kx] + [(sims[l]['phi'][t] @ sims[l]['phi'][t].T / S).cpu().numpy() for l in range(1, L + 1)]
+        Gs = [(sims[l]['g'][t] @ sims[l]['g'][t].T / S).cpu().numpy() for l in range(1, L + 1)] + [np.ones((P, P))]
         return dict(Phi=Phis[L], G=Gs[L - 1], K=sum(Gs[l] * Phis[l] for l in range(L + 1)), Phi_layers=Phis[1:], G_layers=Gs[:L])
     two = {}
     if cfg.keep_two_time:
-        full = lambda K, which: _pair_full(K, which, s.nt, P).numpy()
+        full = lambda K, which: _pair_full(K, which, s.nt, P).cpu().numpy()
         two = dict(Phi={l: full(s.PA[l], 'sym') for l in range(1, L)}, G={l: full(s.GB[l], 'sym') for l in range(2, L + 1)},
                    A={l: full(s.PA[l], 'causal') for l in range(1, L)}, B={l: full(s.GB[l + 1], 'causal') for l in range(1, L)},
                    n_times=s.nt, P_tot=P)
     out = dict(gamma0=cfg.gamma0, depth=L, steps=s.steps, eta0=cfg.eta0, S=S, act=cfg.act, readout=cfg.readout,
                base_width=cfg.base_width, damping=cfg.damping, tol=cfg.tol, max_iter=cfg.max_iter, kink=cfg.kink,
                jitter=cfg.jitter, seed=cfg.seed, resp_every=cfg.resp_every, resp_samples=cfg.resp_samples, dtype=str(cfg.dtype),
+               device=str(s.dev), device_name=describe_device(s.dev),
                float32_until=cfg.float32_until, smooth_step=cfg.smooth_step, sources='factor' if s.use_fac else 'cholesky',
                float32_iterations=n32 if n32 is not None else len(residuals), residual_parts=parts, iteration_seconds=secs,
                init=None if init is None else f"steps {init.config['steps']}, eta0 {init.config['eta0']}", problem=repr(problem))
@@ -879,7 +932,7 @@ def _deep_result(problem:DMFTProblem, s:_DeepState, sims:dict, residuals:list, p
 def solve_deep(problem:DMFTProblem, config:DeepConfig=None, init:DMFTResult=None, **options) -> DMFTResult:
     "Two-time DMFT of a `depth`-hidden-layer μP network trained on the tasks of `problem` in order: damped fixed-point iteration on Φ, G, A, B; `options`: fields of `DeepConfig`"
     cfg, t_start = DeepConfig.of(config, **options), time.time()
-    s = _deep_setup(problem, cfg, init)
+    s = _deep_setup(problem, cfg, init, _solver_device(cfg.device))      # the device, once: everything of the solve lives there
     residuals, parts, secs, conv, sims, last, n32 = [], [], [], False, {}, {}, (0 if cfg.float32_until is None else None)
     bar = tqdm(total=cfg.max_iter, disable=not cfg.progress, leave=False, desc=f'deep DMFT (L={s.L}, n={s.n})')
     torch.set_flush_denormal(True)          # lazy runs make products of many small numbers: denormals are 10-40× slower

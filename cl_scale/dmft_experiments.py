@@ -15,7 +15,7 @@ import torch
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from .dmft import similarity_problem, solve_two_layer, finite_two_layer, finite_deep, lazy_two_layer, solve_deep
-from .dmft import DMFTConvergenceWarning
+from .dmft import DMFTConvergenceWarning, _solver_device
 from .options import sized
 from .sweep import run_jobs, run_store
 from .claims import K_SE, REVERSAL_RULE, INTERIOR_RULE, N_BOOT, LEVEL, Claim, Check, make_claim, curve, mean_se, difference, trend
@@ -118,34 +118,39 @@ def _save(df:pd.DataFrame, path:Path): df.to_csv(path, index=False, float_format
 
 def _dmft_job(job:dict, report=None) -> dict:
     "One cell of a DMFT grid, in a worker or here: its loss curve and what was measured, as plain data"
+    dev = _solver_device(job.get('device', 'auto'))      # the option, resolved where the job runs
     prob = similarity_problem(job['eps'], 2, job['P'], job['D'], seed=job['problem_seed'])
     kind, n, eta, t0 = job['kind'], job['steps'], job['eta0'], time.time()
     if kind == 'phase':                # one problem, every γ0: the forgetting rows of the phase diagram
         lz = _forg(lazy_two_layer(prob, n, eta), n)
         rows = []
         for g in job['gamma0s']:
-            r = solve_two_layer(prob, g, n, eta, S=job['S'], seed=job['seed'])
+            r = solve_two_layer(prob, g, n, eta, S=job['S'], seed=job['seed'], device=dev)
             rows.append(dict(eps=job['eps'], gamma0=g, seed=job['seed'], forgetting=float(r.forgetting()[0]),
                              forgetting_norm=float(r.forgetting(True)[0]), loss1_t1=float(r.loss[n, 0]),
                              loss1_end=float(r.loss[-1, 0]), loss2_end=float(r.loss[-1, 1]), lazy_forgetting=lz,
                              seconds=round(r.seconds, 3)))
-        return dict(rows=rows)
+        return dict(rows=rows, device=str(dev))
     if kind == 'deep_dmft':
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', DMFTConvergenceWarning)            # recorded in the table instead
-            d = solve_deep(prob, gamma0=job['gamma0'], depth=2, steps=n, eta0=eta, S=job['width'], seed=job['seed'], **job['solver'])
+            d = solve_deep(prob, gamma0=job['gamma0'], depth=2, steps=n, eta0=eta, S=job['width'], seed=job['seed'],
+                           **{**job['solver'], 'device': dev})
         return dict(L=d.loss.tolist(), seconds=d.seconds, converged=bool(d.converged), iterations=len(d.residuals),
-                    residual=float(d.residuals[-1]))
-    if kind == 'two_layer_dmft': L = solve_two_layer(prob, job['gamma0'], n, eta, S=job['width'], seed=job['seed']).loss
-    elif kind == 'two_layer_network': L = finite_two_layer(prob, job['width'], job['gamma0'], n, eta, seed=job['seed'], dtype=torch.float32)
-    elif kind == 'deep_network': L = finite_deep(prob, job['width'], 2, job['gamma0'], n, eta, seed=job['seed'], dtype=torch.float32)
+                    residual=float(d.residuals[-1]), device=str(dev))
+    if kind == 'two_layer_dmft': L = solve_two_layer(prob, job['gamma0'], n, eta, S=job['width'], seed=job['seed'], device=dev).loss
+    elif kind == 'two_layer_network':
+        L = finite_two_layer(prob, job['width'], job['gamma0'], n, eta, seed=job['seed'], dtype=torch.float32, device=dev)
+    elif kind == 'deep_network': L = finite_deep(prob, job['width'], 2, job['gamma0'], n, eta, seed=job['seed'], dtype=torch.float32, device=dev)
     else: raise ValueError(f"unknown DMFT job kind {kind!r}")
-    return dict(L=np.asarray(L).tolist(), seconds=time.time() - t0)
+    return dict(L=np.asarray(L).tolist(), seconds=time.time() - t0, device=str(dev))
 
-def _run_grid(grid:str, jobs:list, out:Path, store=None, executor=None, workers:int=None, progress:bool=True) -> list:
+def _run_grid(grid:str, jobs:list, out:Path, store=None, executor=None, workers:int=None, progress:bool=True,
+              device='auto') -> list:
     "The cells of a DMFT grid through the run layer (`run_jobs`), each stored in the run folder's store as it ends, so a rerun resumes; results in job order"
     store = store if store is not None else run_store(out)
     for j in jobs: j['name'] = f"{grid}:" + hashlib.sha1(json.dumps(j, sort_keys=True).encode()).hexdigest()[:16]
+    for j in jobs: j['device'] = str(device)       # after the name: a cell is the same cell on any device (a run resumes across them)
     have = store.results(grid)
     def commit(job, r, error):
         if error is not None: raise RuntimeError(f"the DMFT grid {grid!r} failed at {job}:\n{error}")
@@ -218,8 +223,9 @@ def loglog_slope(x, y) -> float:
 # %% ../nbs/12_dmft_experiments.ipynb #073b2f35
 TWO_LAYER_TABLES = ('dmft_two_layer_curves', 'dmft_two_layer_runs')
 
-def run_two_layer(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None) -> dict:
-    "Finite two-layer μP networks against independent particle-solver runs, and the solver against the lazy closed form"
+def run_two_layer(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None, device='auto') -> dict:
+    "Finite two-layer μP networks against independent particle-solver runs, and the solver against the lazy closed form, solved on `device`"
+    _solver_device(device)                                                  # a device that is not here: an error before any work
     s, out = suite, Path(out); out.mkdir(parents=True, exist_ok=True)
     prob = similarity_problem(s.two_layer_eps, 2, s.two_layer_P, s.two_layer_D, seed=s.problem_seed)
     n, g0, eta = s.two_layer_steps, s.two_layer_gamma0, s.two_layer_eta0
@@ -234,7 +240,7 @@ def run_two_layer(suite:DMFTSuite, out, progress:bool=True, executor=None, worke
     base = dict(eps=s.two_layer_eps, P=s.two_layer_P, D=s.two_layer_D, problem_seed=s.problem_seed, steps=n, eta0=eta)
     jobs = [dict(base, kind=f'two_layer_{kind}', width=N, gamma0=g, seed=sd) for kind, N, g, sd in cells]
     t0 = time.time(); add('closed_form', 0, 0.0, -1, lazy_two_layer(prob, n, eta), time.time() - t0)
-    for (kind, N, g, sd), r in zip(cells, _run_grid('dmft_two_layer', jobs, out, store, executor, workers, progress)):
+    for (kind, N, g, sd), r in zip(cells, _run_grid('dmft_two_layer', jobs, out, store, executor, workers, progress, device)):
         add(kind, N, g, sd, np.array(r['L']), r['seconds'])
     _save(pd.DataFrame(curves), out/'dmft_two_layer_curves.csv'); _save(pd.DataFrame(runs), out/'dmft_two_layer_runs.csv')
     _save_suite(s, out)
@@ -352,13 +358,14 @@ RICH_GAMMA0 = 1.0       # the rich regime: γ0 ≥ this
 ZERO_FRAC = 0.1         # "≈ 0": below this fraction of the largest mean forgetting over ε at the same γ0
 SHARP_DECADES = 1.0     # a rise from 20 % to 80 % within this many decades of γ0 is sharp
 
-def run_phase(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None) -> dict:
-    "Two-layer DMFT forgetting over γ0 × ε, several problem seeds (each draws inputs, teacher and particles)"
+def run_phase(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None, device='auto') -> dict:
+    "Two-layer DMFT forgetting over γ0 × ε, several problem seeds (each draws inputs, teacher and particles), solved on `device`"
+    _solver_device(device)
     s, out = suite, Path(out); out.mkdir(parents=True, exist_ok=True)
     n = s.phase_steps
     jobs = [dict(kind='phase', eps=e, P=s.phase_P, D=s.phase_D, problem_seed=sd, seed=sd, steps=n, eta0=s.phase_eta0,
                  S=s.phase_S, gamma0s=list(s.phase_gamma0s)) for e in s.phase_eps for sd in range(s.phase_seeds)]
-    rows = [row for r in _run_grid('dmft_phase', jobs, out, store, executor, workers, progress) for row in r['rows']]
+    rows = [row for r in _run_grid('dmft_phase', jobs, out, store, executor, workers, progress, device) for row in r['rows']]
     _save(pd.DataFrame(rows), out/'dmft_phase.csv'); _save_suite(s, out)
     fig = plot_phase(out); fig.savefig(out/'dmft_phase.png', dpi=110); plt.close(fig)
     return dict(figures=['dmft_phase.png'], tables=['dmft_phase.csv'],
@@ -498,8 +505,9 @@ def plot_phase(src, prefix:str='', n_boot:int=500):
 # %% ../nbs/12_dmft_experiments.ipynb #233beb96
 DEEP_TABLES = ('dmft_deep_curves', 'dmft_deep_runs')
 
-def run_deep(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None) -> dict:
-    "Depth-2 μP networks of growing width against the two-time DMFT (`solve_deep`) over a γ0 × ε grid"
+def run_deep(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:int=None, store=None, device='auto') -> dict:
+    "Depth-2 μP networks of growing width against the two-time DMFT (`solve_deep`) over a γ0 × ε grid, both on `device`"
+    _solver_device(device)
     s, out = suite, Path(out); out.mkdir(parents=True, exist_ok=True)
     n, eta, curves, runs = s.deep_steps, s.deep_eta0, [], []
     def add(kind, e, g, width, seed, L, secs, **extra):
@@ -514,7 +522,7 @@ def run_deep(suite:DMFTSuite, out, progress:bool=True, executor=None, workers:in
     todo.sort(key=lambda t: cells.index((t[1], t[2])))                     # cell by cell, solver runs first (the table's order)
     jobs = [dict(base, kind=f'deep_{k}', eps=e, gamma0=g, width=N, seed=sd, **(dict(solver=dict(s.deep_solver)) if k == 'dmft' else {}))
             for k, e, g, N, sd in todo]
-    for (k, e, g, N, sd), r in zip(todo, _run_grid('dmft_deep', jobs, out, store, executor, workers, progress)):
+    for (k, e, g, N, sd), r in zip(todo, _run_grid('dmft_deep', jobs, out, store, executor, workers, progress, device)):
         if k == 'dmft': add('dmft', e, g, N, sd, np.array(r['L']), r['seconds'], converged=r['converged'], iterations=r['iterations'],
                             residual=r['residual'])
         else: add('network', e, g, N, sd, np.array(r['L']), r['seconds'], converged=True, iterations=0, residual=0.0)

@@ -19,9 +19,10 @@ from fastcore.script import anno_parser
 from fastcore.docments import docments
 import cl_scale
 from .data import load_dataset, pydoc_texts, word_tokens, word_vocab, word_ids
-from .fusion import ARCHS, FusionConfig, Lin, Attn, Map, Merge, align, vanilla_average, check_compatible, graph_for
+from .fusion import ARCHS, FusionConfig, Lin, Attn, Map, Merge, align, vanilla_average, check_compatible, graph_for, fusion_device
 from .ot import TransportMap
 from .alignment import layer_diagnostics, plan_entropy
+from .device import device_record
 
 # %% auto #0
 __all__ = ['WIDTHS', 'IMAGE_SUFFIXES', 'EMBEDDED_IMAGES', 'EMBEDDED_TEXT', 'TOKENIZER_FILES', 'supported_architectures',
@@ -318,19 +319,20 @@ def fuse_checkpoints(paths, out, calib=None, config:FusionConfig=None, anchor:in
     "Fuse the Hugging Face checkpoints `paths` into the anchor's architecture; write the fused checkpoint and `fusion.json` to `out`; return that record"
     t_all, tm = time.perf_counter(), {}
     cfg = FusionConfig.of(config, **options)
+    dev = fusion_device(cfg.device)                      # first: a device this process lacks fails before anything is read
     paths = [str(p) for p in paths]
     if len(paths) < 2: raise ValueError(f"fusion needs at least two checkpoints, got {len(paths)}: {paths}")
     _check_n(n_calib)
     w = parse_weights(weights, len(paths))
     o = _out_folder(out, force, paths)
-    t0 = time.perf_counter(); models = load_checkpoints(paths, anchor); tm['load'] = time.perf_counter() - t0
+    t0 = time.perf_counter(); models = [m.to(dev) for m in load_checkpoints(paths, anchor)]; tm['load'] = time.perf_counter() - t0
     A, folders = models[anchor], [paths[anchor]] + [p for i, p in enumerate(paths) if i != anchor]
     t0 = time.perf_counter()
     if cfg.cost == 'wts' and calib is None:
         data, info = None, dict(kind=None, source=None, count=0, note="cost='wts': weight-based maps need no calibration data")
     else:
         data, info = calibration_data(calib, A, folders, n_calib, seed, seq_len)
-        if torch.is_tensor(data): data = data.to(A.dtype)
+        data = data.to(dev, A.dtype) if torch.is_tensor(data) else {k: v.to(dev) for k, v in data.items()}   # images in the models' dtype
     tm['calibration'] = time.perf_counter() - t0
     aligned, layers, others, notes, ft, t_diag = [], [], [], [], {}, 0.0
     for i, m in enumerate(models):
@@ -347,7 +349,7 @@ def fuse_checkpoints(paths, out, calib=None, config:FusionConfig=None, anchor:in
     t0 = time.perf_counter(); fused = vanilla_average(aligned, w); tm['average'] = time.perf_counter() - t0
     t0 = time.perf_counter()
     o.mkdir(parents=True, exist_ok=True)
-    with _quiet_hf(): fused.save_pretrained(str(o))
+    with _quiet_hf(): fused.to('cpu').save_pretrained(str(o))
     files = _save_extras(paths[anchor], o, info) + ['fusion.json']
     tm['save'] = time.perf_counter() - t0
     tm['total'] = time.perf_counter() - t_all
@@ -356,7 +358,7 @@ def fuse_checkpoints(paths, out, calib=None, config:FusionConfig=None, anchor:in
                architecture=cfgs[anchor]['architectures'][0], anchor=anchor, weights=w,
                checkpoints=[dict(path=str(Path(p).resolve()), anchor=i == anchor, widths={k: c.get(k) for k in WIDTHS})
                             for i, (p, c) in enumerate(zip(paths, cfgs))],
-               config=asdict(cfg), seed=seed, calibration=info,
+               config=asdict(cfg), device=device_record(dev, A.dtype), seed=seed, calibration=info,
                output=dict(path=str(o.resolve()), files=sorted(set(files))),
                versions=_versions(), timings=tm,
                machine=dict(cores=os.cpu_count(), torch_threads=torch.get_num_threads(),

@@ -16,12 +16,13 @@ from .ot import (transport_map, plan_map, identity_map, mix_maps, TransportMap, 
                          input_gram, cost_via_inputs, activation_cost, ot_plan, _tick)
 from .models import ViT, BERT
 from .options import with_options
+from .device import resolve_device, check_same_device, device_of, synchronize, DeviceError
 
 # %% auto #0
 __all__ = ['ARCHS', 'TOKEN_RULES', 'TOKEN_PRESETS', 'COSTS', 'SOLVERS', 'QK', 'RESID_POLICIES', 'Lin', 'Vec', 'Merge', 'Attn',
            'Map', 'Tie', 'Keep', 'vit_graph', 'bert_graph', 'Arch', 'register_graph', 'arch_for', 'graph_for', 'Tokens',
            'parse_tokens', 'token_rules', 'check_compatible', 'collect_activations', 'model_output', 'FusionConfig',
-           'align', 'vanilla_average', 'fuse', 'permuted_copy']
+           'fusion_device', 'align', 'vanilla_average', 'fuse', 'permuted_copy']
 
 # %% ../nbs/22_fusion.ipynb #6bf76f79
 @dataclass
@@ -319,8 +320,14 @@ def collect_activations(model, calib, graph, batch:int=None, via_inputs:bool=Non
         out.update(dict.fromkeys(keys, (x if idx is None else x[idx]).T))
     return {k: out[k] for k in outs}
 
+def _named(data, name:str) -> dict:
+    "Data (a tensor, or a dict of named tensors) by name, for `check_same_device`"
+    if isinstance(data, dict): return {f"{name}[{k!r}]": v for k, v in data.items()}
+    return {} if data is None else {name: data}
+
 def model_output(model, data, batch:int=None) -> torch.Tensor:
     "`model`'s output (logits) on `data` through its architecture's adapter, in eval mode and without gradients"
+    check_same_device('model_output', model=model, **_named(data, 'data'))   # a clear error, not one from inside torch
     arch, was = arch_for(model), model.training
     n = _n_items(data); batch = batch or max(n, 1)
     try:
@@ -335,6 +342,14 @@ def model_output(model, data, batch:int=None) -> torch.Tensor:
 COSTS, SOLVERS, QK = ('acts', 'wts'), ('emd', 'sinkhorn', 'uniform'), ('separate', 'tied')
 RESID_POLICIES = ('mean', 'only_resid', 'no_resid', 'identity')
 
+def _check_device_option(d):
+    "A device option that names a device: 'auto', a torch device string, or a `torch.device` (whether this process has it is asked later)"
+    if isinstance(d, torch.device): return
+    if not isinstance(d, str): raise ValueError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {d!r}")
+    if d.strip().lower() == 'auto': return
+    try: torch.device(d.strip())
+    except RuntimeError: raise ValueError(f"unknown device {d!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+
 @dataclass(frozen=True)
 class FusionConfig:
     "How `align` and `fuse` build their transport maps"
@@ -348,6 +363,7 @@ class FusionConfig:
     tokens: str = 'all'            # the token rules of the flow graph (`token_rules`): 'all', 'cls_last', 'window{k}', 'window{k}+cls_last'
     num_iter_max: int = None       # the solver's iteration budget (Sinkhorn: sweeps plus Newton steps; EMD: network-simplex iterations, which replaces the assignment solver); None: its default
     tol: float = 1e-7              # the largest marginal error a plan may have, in units of the total mass 1; a plan that misses it warns
+    device: str = 'auto'           # where the fusion computes: 'auto' (CUDA when torch sees a GPU, else the CPU), 'cpu', 'cuda', 'cuda:N', 'mps'; exact plans (EMD) are solved on the CPU whatever it says
 
     def __post_init__(self):
         if self.cost not in COSTS: raise ValueError(f"unknown cost {self.cost!r}: expected one of {COSTS}")
@@ -370,6 +386,7 @@ class FusionConfig:
         t = self.tol
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
             raise ValueError(f"tol must be a positive finite number, got {t!r}")
+        _check_device_option(self.device)                          # its availability is checked when a fusion starts (`resolve_device`)
 
     @classmethod
     def of(cls, config=None, **options) -> FusionConfig:
@@ -407,7 +424,7 @@ def _merge(policy, tr:TransportMap, tb:TransportMap) -> TransportMap:
     if policy == 'no_resid': return tb
     if policy == 'identity':
         if tr.shape[0] != tr.shape[1]: raise ValueError("resid_policy='identity' needs equal widths")
-        return identity_map(tr.shape[0])
+        return identity_map(tr.shape[0], device=tr.P.device)
     raise ValueError(f"unknown resid_policy {policy!r}: expected one of {RESID_POLICIES} or a weight in [0, 1]")
 
 # %% ../nbs/22_fusion.ipynb #d17e58fa
@@ -496,13 +513,13 @@ def _attn_maps(c:_Ctx, n:Attn, W):
     v = {s: prep(pts(s, 'v')) for s in 'ab'}
     # head-to-head cost: exact OT cost of the best within-head matching of the q‖k‖v points
     full = {s: torch.cat([qk[s], v[s]], 1) for s in 'ab'}
-    Hc = torch.zeros(H, H, dtype=torch.float64)
+    Hc = torch.zeros(H, H, dtype=torch.float64, device=full['a'].device)
     for i in range(H):
         for j in range(H):
             C = cost_matrix(full['a'][i * da:(i + 1) * da], full['b'][j * db:(j + 1) * db], normalize=None)
             Hc[i, j] = (ot_plan(C, 'emd') * C).sum()
     sigma = ot_plan(Hc / Hc.max().clamp_min(1e-300), 'emd').argmax(1)
-    Pqk, Pv = torch.zeros(H * da, H * db, dtype=torch.float64), torch.zeros(H * da, H * db, dtype=torch.float64)
+    Pqk, Pv = (torch.zeros(H * da, H * db, dtype=torch.float64, device=qk['a'].device) for _ in range(2))
     for i in range(H):
         j = int(sigma[i]); ra, rb = slice(i * da, (i + 1) * da), slice(j * db, (j + 1) * db)
         Pqk[ra, rb] = transport_map(qk['a'][ra], qk['b'][rb], c.solver, c.reg, **c.opts, timings=c.timings).P / H
@@ -564,15 +581,17 @@ def _act_maps(c:_Ctx, graph):
     def work(keys):
         out = []
         for k in keys:
-            t0 = time.perf_counter(); C = c.act_cost(k); t1 = time.perf_counter()
-            out.append((k, plan_map(C, c.solver, c.reg, **c.opts), t1 - t0, time.perf_counter() - t1))
+            t0 = time.perf_counter(); C = c.act_cost(k); t1 = time.perf_counter(); tk = {}
+            out.append((k, plan_map(C, c.solver, c.reg, **c.opts, timings=tk), t1 - t0, time.perf_counter() - t1, tk.get('emd_transfer')))
         return out
     t0 = time.perf_counter()
     done = [r for rs in _in_threads([lambda g=g: work(g) for g in _map_keys(c, graph)]) for r in rs]
-    c.pre.update({k: m for k, m, _, _ in done})
+    c.pre.update({r[0]: r[1] for r in done})
     if c.timings is not None and done:   # the phase's wall time, split in proportion to the threads' cost and solve times
         wall, tc, ts = time.perf_counter() - t0, sum(r[2] for r in done), sum(r[3] for r in done)
         for key, t in (('costs', tc), ('solves', ts)): c.timings[key] = c.timings.get(key, 0.0) + wall * t / max(tc + ts, 1e-300)
+        moved = [r[4] for r in done if r[4] is not None]          # off the CPU: the exact solves' copies (part of 'solves')
+        if moved: c.timings['emd_transfer'] = c.timings.get('emd_transfer', 0.0) + sum(moved)
 
 _RULES = {Lin: _lin, Attn: _attn, Vec: _vec, Merge: _mergenode, Map: _mapnode, Tie: _tie, Keep: _keep}
 
@@ -608,6 +627,32 @@ def _build(anchor, out:dict):
     new.load_state_dict({k: out[k].to(v.dtype) if k in out else v for k, v in sd.items()})
     return new
 
+def _move(x, dev):
+    "Calibration data (a tensor, or a dict of tensors) on `dev`"
+    if isinstance(x, dict): return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in x.items()}
+    return x.to(dev) if torch.is_tensor(x) else x
+
+def fusion_device(device='auto') -> torch.device:
+    "The device a fusion computes on: `resolve_device(device)`, except Apple's MPS, which has no float64: 'auto' is then the CPU, 'mps' an error"
+    dev = resolve_device(device)
+    if dev.type != 'mps': return dev
+    if device is None or (isinstance(device, str) and device.strip().lower() == 'auto'): return torch.device('cpu')
+    raise DeviceError(f"device {str(device)!r}: fusion computes its costs, plans and weight updates in float64, which MPS does not have; use 'cpu'")
+
+def _on_device(cfg:FusionConfig, where:str, models:dict, calib, timings=None) -> tuple:
+    "(device, models, calib): the option resolved once; `models` ({name: model}) and `calib` checked to share one device, then moved there"
+    dev = fusion_device(cfg.device)                                            # a DeviceError (a ValueError) before any work
+    have = check_same_device(where, **models, **_named(calib, 'calib_data'))   # one device, or a ValueError naming each
+    if have is None or have == dev: return dev, list(models.values()), calib   # already there: nothing is copied
+    t0, copies = time.perf_counter(), {}
+    def move(m):                                         # a copy, so the caller's models stay where they are; one object, one copy
+        if device_of(m) is None or device_of(m) == dev: return m
+        if id(m) not in copies: copies[id(m)] = copy.deepcopy(m).to(dev)
+        return copies[id(m)]
+    out = [move(m) for m in models.values()], _move(calib, dev)
+    if timings is not None: synchronize(dev); _tick(timings, 'to_device', t0)
+    return dev, *out
+
 def _collect_pair(model, anchor, calib, graph, max_points, acts_b=None):
     "The activations of `model` and of `anchor` (unless given): recorded side by side on two threads when torch has two or more"
     rec = lambda m: (lambda: collect_activations(m, calib, graph, max_points=max_points))
@@ -633,7 +678,9 @@ def _align(model, anchor, calib_data, cfg:FusionConfig, timings, acts_b=None):
 
 def align(model, anchor, calib_data=None, config:FusionConfig=None, return_maps:bool=False, timings:dict=None, **options):
     "`model` re-expressed in `anchor`'s basis (a new model with the anchor's architecture and widths), without averaging; `options`: fields of `FusionConfig`"
-    new, maps, _ = _align(model, anchor, calib_data, FusionConfig.of(config, **options), timings)
+    cfg = FusionConfig.of(config, **options)
+    _, (model, anchor), calib_data = _on_device(cfg, 'align', dict(model=model, anchor=anchor), calib_data, timings)
+    new, maps, _ = _align(model, anchor, calib_data, cfg, timings)
     return (new, maps) if return_maps else new
 
 # %% ../nbs/22_fusion.ipynb #69ed3625
@@ -676,6 +723,7 @@ def fuse(models, anchor=0, calib_data=None, config:FusionConfig=None, weights=No
     if not models: raise ValueError("no models to fuse")
     if not isinstance(anchor, int) or not 0 <= anchor < len(models):
         raise ValueError(f"anchor must be the index of one of the {len(models)} models, got {anchor!r}")
+    _, models, calib_data = _on_device(cfg, 'fuse', {f"model {i}": m for i, m in enumerate(models)}, calib_data, timings)
     w, A = _weights(weights, len(models)), models[anchor]
     aligned, acts_b = [], None
     for i, m in enumerate(models):             # the anchor is recorded once, beside the first model aligned to it
@@ -693,15 +741,15 @@ def _head_perm(heads, dh, g):
     within = torch.randperm(dh, generator=g)
     return torch.cat([h * dh + within for h in heads])
 
-def _perm_map(perm) -> TransportMap:
-    "The map that puts neuron perm[j] of A at position j of B (P[perm[j], j] = 1/n)"
+def _perm_map(perm, device=None) -> TransportMap:
+    "The map that puts neuron perm[j] of A at position j of B (P[perm[j], j] = 1/n), on `device` (default: the CPU)"
     n = len(perm); P = torch.zeros(n, n, dtype=torch.float64)
     P[perm, torch.arange(n)] = 1.0 / n
-    return TransportMap(P, 'given')
+    return TransportMap(P if device is None else P.to(device), 'given')
 
 def permuted_copy(model, seed:int=0):
     "A copy of `model` (any registered architecture) computing the same function with permuted stream, heads, head dimensions and MLP units"
-    graph, g = graph_for(model), torch.Generator().manual_seed(seed)
+    graph, g, dev = graph_for(model), torch.Generator().manual_seed(seed), device_of(model)   # permutations drawn on the CPU, maps on the model's device
     sd, mods = model.state_dict(), dict(model.named_modules())
     parent = {}
     def find(a):
@@ -716,7 +764,7 @@ def permuted_copy(model, seed:int=0):
         if r not in perms: perms[r] = fixed if fixed is not None else torch.randperm(width, generator=g)
         if len(perms[r]) != width or (fixed is not None and not torch.equal(perms[r], fixed)):
             raise ValueError(f"cannot permute {type(model).__name__} consistently at map {name!r}")
-        return _perm_map(perms[r])
+        return _perm_map(perms[r], dev)
     given = {}
     for n in graph:
         if isinstance(n, Lin) and n.out is not None and not n.reuse:
@@ -729,6 +777,6 @@ def permuted_copy(model, seed:int=0):
             dq, dv = (sd[f"{n.path}.{p}.weight"].shape[0] for p in (n.names[0], n.names[2]))
             heads = torch.randperm(H, generator=g)       # Q, K and V move their heads together ...
             pqk, pv = _head_perm(heads, dq // H, g), _head_perm(heads, dv // H, g)   # ... V may reorder inside a head
-            given[n.path] = {'q': _perm_map(pqk), 'k': _perm_map(pqk), 'v': perm(n.out, dv, fixed=pv)}
+            given[n.path] = {'q': _perm_map(pqk, dev), 'k': _perm_map(pqk, dev), 'v': perm(n.out, dv, fixed=pv)}
     c = _walk(model, model, graph, None, None, FusionConfig(resid_policy='only_resid'), given=given)
     return _build(model, c.out)

@@ -23,8 +23,9 @@ from functools import partial
 from .param import fit, cosine_factor
 from .sweep import run_jobs, ModelCache, ResultStore, run_store, RESULTS_DB
 from .models import ViT
-from .fusion import fuse, vanilla_average, model_output, parse_tokens
+from .fusion import fuse, vanilla_average, model_output, parse_tokens, fusion_device
 from .alignment import layer_diagnostics, plot_alignment
+from .device import resolve_device, device_of, check_same_device, device_record
 
 # %% auto #0
 __all__ = ['METHODS', 'FUSION_CHANCE', 'TITLE', 'TABLES', 'FusionSuite', 'fusion_splits', 'random_shift', 'lr_factor',
@@ -113,9 +114,9 @@ def random_shift(x:torch.Tensor, k:int, g:torch.Generator, fill:float=0.0) -> to
     if k == 0: return x
     n, c, h, w = x.shape
     xp = F.pad(x, (k, k, k, k), value=fill).permute(0, 2, 3, 1)            # (n, h + 2k, w + 2k, c)
-    dy, dx = (torch.randint(0, 2 * k + 1, (n,), generator=g) for _ in range(2))
-    rows, cols = dy[:, None] + torch.arange(h), dx[:, None] + torch.arange(w)
-    return xp[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    dy, dx = (torch.randint(0, 2 * k + 1, (n,), generator=g).to(x.device) for _ in range(2))   # drawn on the CPU: the same shifts on every device
+    rows, cols = dy[:, None] + torch.arange(h, device=x.device), dx[:, None] + torch.arange(w, device=x.device)
+    return xp[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 def lr_factor(step:int, steps:int, warmup:float=0.0) -> float:
     "The learning-rate multiplier at `step` of `steps`: linear warm-up over a fraction `warmup` of the steps, then cosine to 0"
@@ -128,6 +129,8 @@ def train_classifier(model, x, y, epochs:int, lr:float, seed:int, bs:int=64, wei
     "Train `model` on (`x`, `y`) with AdamW, warm-up + cosine learning rates, label smoothing and random shifts; returns it in eval mode"
     if len(x) != len(y) or not len(x): raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
     if not 0 <= warmup < 1 or shift < 0: raise ValueError(f"need 0 <= warmup < 1 and shift >= 0, got {warmup}, {shift}")
+    dev = device_of(model)
+    if dev is not None: x, y = x.to(dev), y.to(dev)               # the data follows the model, once (`fit` draws the batches there)
     def loss(m, idx, g):                                          # the shifts come from the loop's generator: `seed` decides all
         xb = random_shift(x[idx], shift, g, fill) if shift else x[idx]
         return F.cross_entropy(m(xb), y[idx], label_smoothing=smoothing)
@@ -137,27 +140,35 @@ def train_classifier(model, x, y, epochs:int, lr:float, seed:int, bs:int=64, wei
 
 def accuracy(model, x, y) -> float:
     "Fraction of `x` that `model` classifies as `y`"
+    check_same_device('accuracy', model=model, x=x, y=y)
     return (model_output(model, x).argmax(-1) == y).float().mean().item()
 
 def ensemble_accuracy(models, x, y) -> float:
     "Accuracy of the mean softmax of `models` (the prediction ensemble, at len(models)× the inference cost)"
+    check_same_device('ensemble_accuracy', **{f"model {i}": m for i, m in enumerate(models)}, x=x, y=y)
     return (torch.stack([model_output(m, x).softmax(-1) for m in models]).mean(0).argmax(-1) == y).float().mean().item()
 
 # %% ../nbs/24_fusion_experiments.ipynb #e55532e3
 _RECIPE = ('bs', 'warmup', 'shift', 'fill')
 
 def _train_job(job:dict, report=None) -> dict:
-    "Train one ViT (in a worker process or in this one); returns {'state': state dict, 'curve': validation accuracy per epoch}"
+    "Train one ViT (in a worker process or in this one, on the job's `device` option resolved there); returns {'state': state dict on the CPU, 'curve': validation accuracy per epoch}"
+    dev = resolve_device(job.get('device', 'auto'))
     torch.manual_seed(job['seed'])
-    m = ViT(**job['vit'])
+    m = ViT(**job['vit']).to(dev)                                 # initialised on the CPU: the same start on every device
     if job.get('init') is not None: m.load_state_dict(job['init'])
+    xv, yv = (None, None) if job.get('x_val') is None else (job['x_val'].to(dev), job['y_val'].to(dev))
     curve = []
     def epoch_done(ep):
-        if job.get('x_val') is not None: curve.append(accuracy(m, job['x_val'], job['y_val']))
+        if xv is not None: curve.append(accuracy(m, xv, yv))
         if report is not None: report(advance=1)
     train_classifier(m, job['x'], job['y'], job['epochs'], job['lr'], job['seed'], on_epoch=epoch_done,
                      **{k: job[k] for k in _RECIPE if job.get(k) is not None})
-    return dict(state=m.state_dict(), curve=curve)
+    return dict(state=_cpu(m.state_dict()), curve=curve)
+
+def _cpu(sd:dict) -> dict:
+    "A state dict with its tensors on the CPU (what is pickled to a worker or saved); on the CPU, the same tensors"
+    return {k: v.cpu() for k, v in sd.items()}
 
 def _load(cache:ModelCache, name:str):
     r = cache.load(name)
@@ -165,11 +176,11 @@ def _load(cache:ModelCache, name:str):
 
 def _job_spec(job:dict) -> dict:
     "What defines a trained parent, as plain data (the data tensors and the initial weights left out)"
-    return {k: v for k, v in job.items() if k not in ('x', 'y', 'x_val', 'y_val', 'init', 'cost') and not isinstance(v, torch.Tensor)}
+    return {k: v for k, v in job.items() if k not in ('x', 'y', 'x_val', 'y_val', 'init', 'cost', 'device') and not isinstance(v, torch.Tensor)}
 
 def train_models(jobs:list, cache, executor=None, workers:int=None, progress:bool=True, desc:str='training', curves:dict=None,
                  store=None) -> dict:
-    "Train the ViTs of `jobs` (dicts: name, vit, seed, epochs, lr, x, y; optional init, x_val/y_val, bs, warmup, shift, fill) through `run_jobs`; {name: state dict}, cached in `cache`"
+    "Train the ViTs of `jobs` (dicts: name, vit, seed, epochs, lr, x, y; optional init, x_val/y_val, bs, warmup, shift, fill, device) through `run_jobs`; {name: state dict}, cached in `cache`"
     cache = cache if isinstance(cache, ModelCache) else ModelCache(cache)
     names = [j['name'] for j in jobs]
     if len(set(names)) != len(names): raise ValueError(f"job names must be distinct, got {names}")
@@ -393,16 +404,20 @@ def _export(store, out:Path, name:str, df:pd.DataFrame) -> pd.DataFrame:
     store.put_table(name, df); df.to_csv(out/f'{name}.csv', index=False)
     return store.table(name)
 
-def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress:bool=True) -> dict:
-    "Train the parents, fuse every pair one-shot with every control, diagnose the alignment, finetune at equal budgets; {tables, figures, notes}"
+def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress:bool=True, device='auto') -> dict:
+    "Train the parents, fuse every pair one-shot with every control, diagnose the alignment, finetune at equal budgets, all on `device`; {tables, figures, notes, device}"
+    dev = fusion_device(device)                                     # once, before any work (the training jobs resolve the option where they run)
+    opt = str(device) if isinstance(device, torch.device) else device
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     s, times, curves, store = suite, {}, {}, run_store(out)         # the run folder's one results store
     D = fusion_splits(s.dataset, s.n_val, s.n_calib, s.n_train, test_frac=s.test_frac, root=s.data_root)
     isz, ch, P, cache = D['image_size'], D['channels'], s.pairs, out/'fusion_models'
     vit, wvit = s.vit(image_size=isz, in_channels=ch), (s.vit(s.wide, isz, ch) if s.wide else None)
-    recipe = dict(bs=s.batch, warmup=s.warmup, shift=s.shift, fill=D['fill'], x=D['x_tr'], y=D['y_tr'], x_val=D['x_val'], y_val=D['y_val'])
-    job = lambda name, cfg, seed, epochs, lr, init=None: dict(recipe, name=name, vit=cfg, seed=seed, epochs=epochs, lr=lr, init=init)
-    def model(sd, cfg=vit): m = ViT(**cfg); m.load_state_dict(sd); return m.eval()
+    recipe = dict(bs=s.batch, warmup=s.warmup, shift=s.shift, fill=D['fill'], x=D['x_tr'], y=D['y_tr'], x_val=D['x_val'], y_val=D['y_val'], device=opt)
+    job = lambda name, cfg, seed, epochs, lr, init=None: dict(recipe, name=name, vit=cfg, seed=seed, epochs=epochs, lr=lr,
+                                                              init=None if init is None else _cpu(init))   # jobs carry CPU tensors
+    D = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in D.items()}    # evaluation and fusion read the data on the device
+    def model(sd, cfg=vit): m = ViT(**cfg).to(dev); m.load_state_dict(sd); return m.eval()
     def train(jobs, desc):
         sds = train_models(jobs, cache, executor, workers, progress, desc, curves=curves, store=store)
         return {j['name']: model(sds[j['name']], j['vit']) for j in jobs}
@@ -414,7 +429,7 @@ def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress
                 [job(f'wide{i}', wvit, 100 + i, s.epochs, s.lr) for i in range(W)], 'fusion: parents')
     tick('parents', t0)
     # 2. one-shot
-    t0, grid, rows, fkw = time.perf_counter(), oneshot_grid(s.regs, s.resid_policies, s.tokens), [], dict(calib_data=D['calib'])
+    t0, grid, rows, fkw = time.perf_counter(), oneshot_grid(s.regs, s.resid_policies, s.tokens), [], dict(calib_data=D['calib'], device=dev)
     pa = {i: {k: _eval(par[f'parent{2 * i + k}'], D) for k in (0, 1)} for i in range(P)}
     bar = tqdm(total=P * len(grid), desc='fusion: one-shot fusions', disable=not progress, leave=False)
     for i in range(P):
@@ -436,7 +451,7 @@ def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress
     for width, A, B, anc in sets:
         mA, mB = (A, B) if anc == 1 else (B, A)
         for name, o in plans.items():
-            d = layer_diagnostics(mA, mB, D['calib'], resid_policy=resid, tokens=toks, **o)
+            d = layer_diagnostics(mA, mB, D['calib'], resid_policy=resid, tokens=toks, device=dev, **o)
             diags[f"width {width}, {name}"] = d
             drows.append(d.assign(width=width, plan=name))
         if width == s.wide:
@@ -498,13 +513,15 @@ def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress
                                                             'fused_ft', 'lr', 'alone', 'alone_epochs']))
     tick('finetunes', t0)
     (out/'fusion_times.json').write_text(json.dumps(times, indent=1))
+    rec = device_record(dev, torch.float32)                         # where this run computed (the cached models may be older)
+    (out/'fusion_device.json').write_text(json.dumps(rec, indent=1))
     (out/'fusion_curves.json').write_text(json.dumps({k: v for k, v in curves.items() if not k.startswith(('ot', 'vf', 'het'))}))
     fig = plot_fusion(one, ft); fig.savefig(out/'fusion.png', dpi=110); plt.close(fig)
     fig = plot_curves({k: v for k, v in curves.items() if k.startswith(('parent', 'wide')) and '_ft_' not in k}, 'parents: validation accuracy per epoch')
     fig.savefig(out/'fusion_curves.png', dpi=110); plt.close(fig)
     cs = fusion_claims_from(out)
     pars = [pa[i][k]['test'] for i in range(P) for k in (0, 1)]
-    return dict(figures=['fusion.png', 'fusion_alignment.png', 'fusion_curves.png'], tables=TABLES,
+    return dict(figures=['fusion.png', 'fusion_alignment.png', 'fusion_curves.png'], tables=TABLES, device=rec,
                 notes=(f"ViT (patch {s.patch}, d = {s.width}, {s.depth} blocks, {s.heads} heads, MLP {s.mlp_ratio * s.width}) on "
                        f"{s.dataset}: {len(D['x_tr'])} training, {len(D['x_val'])} validation, {len(D['x_te'])} test images. "
                        f"{2 * P} parents (seeds 0–{2 * P - 1}) trained {s.epochs} epochs (AdamW {s.lr:g}, warm-up {s.warmup:g}, cosine, "
@@ -513,4 +530,4 @@ def run_fusion(suite:FusionSuite, out, executor=None, workers:int=None, progress
                        f"calibration images. Chosen on validation: λ = {reg:g}, residual policy '{resid}', tokens '{toks}', anchors "
                        f"{list(soft.anchor.astype(int))}. Finetune budgets {[f'{b:.0%}' for b in s.budgets]} of the parents' "
                        f"epochs at learning rates {list(s.ft_lrs)} (chosen on validation). {survives_uniform(cs)} "
-                       f"Time per phase (s): {times}."))
+                       f"Time per phase (s): {times}, on {rec['device_name']} (fusion_device.json)."))

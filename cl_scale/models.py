@@ -144,15 +144,15 @@ class BERT(nn.Module):
 # %% ../nbs/21_models.ipynb #8ceceaf0
 def mask_tokens(ids:torch.Tensor, mask_id:int, vocab_size:int, p:float=0.15, pad_id:int=0, n_special:int=0, generator=None):
     "(inputs, labels): BERT's 80/10/10 masking of a fraction `p` of the non-padding tokens; labels are -100 elsewhere"
-    g = generator
+    g, dev = generator, ids.device        # drawn on the CPU (the generator's device), so every device sees the same masks
     cand = ids != pad_id
-    chosen = (torch.rand(ids.shape, generator=g) < p) & cand
+    chosen = (torch.rand(ids.shape, generator=g).to(dev) < p) & cand
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    r = torch.rand(ids.shape, generator=g)
+    r = torch.rand(ids.shape, generator=g).to(dev)
     inp = ids.clone()
     inp[chosen & (r < 0.8)] = mask_id
     rnd = chosen & (r >= 0.8) & (r < 0.9)
-    inp[rnd] = torch.randint(n_special, vocab_size, (int(rnd.sum()),), generator=g)
+    inp[rnd] = torch.randint(n_special, vocab_size, (int(rnd.sum()),), generator=g).to(dev)
     return inp, labels
 
 def mlm_loss(model, ids, labels): return F.cross_entropy(model(ids).flatten(0, 1), labels.flatten(), ignore_index=-100)

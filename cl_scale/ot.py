@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import ot
 from scipy.optimize import linear_sum_assignment
+from .device import synchronize
 
 # %% auto #0
 __all__ = ['SOLVERS', 'LOG_DOMAIN_BELOW', 'EMD_NUM_ITER_MAX', 'SINKHORN_NUM_ITER_MAX', 'NEWTON_STEP_SWEEPS', 'NEWTON_WHEN',
@@ -134,7 +135,7 @@ def input_gram(xa, xb, key='a layer'):
 
 def _sq_cols(x):
     "The squared norm of every column of a (D, m) matrix, as a (D-long) vector-matrix product"
-    return torch.ones(x.shape[0], dtype=x.dtype) @ (x * x)
+    return torch.ones(x.shape[0], dtype=x.dtype, device=x.device) @ (x * x)
 
 def activation_cost(ya, yb, key='a layer'):
     "`cost_matrix(standardize(ya), standardize(yb))` for recorded outputs ya (n_A, D), yb (n_B, D), from one product in their dtype"
@@ -195,8 +196,8 @@ def _plan(P) -> torch.Tensor:
 
 def marginal_error(P, a=None, b=None) -> float:
     "max(|P1 - a|, |Pᵀ1 - b|): the most mass any neuron gains or loses (total mass 1; `a`, `b` uniform by default)"
-    P = _plan(P); (na, nb), P = P.shape, P.cpu()
-    a, b = _masses(a, na, 'a'), _masses(b, nb, 'b')
+    P = _plan(P); na, nb = P.shape
+    a, b = _masses(a, na, 'a').to(P.device), _masses(b, nb, 'b').to(P.device)   # the sums on the plan's device, then two numbers
     return max((P.sum(1) - a).abs().max().item(), (P.sum(0) - b).abs().max().item())
 
 # %% ../nbs/20_ot.ipynb #b3f45fbb
@@ -216,8 +217,8 @@ def _sweeps(C, a, b, reg, tol, n_iter, log):
     or their rate says Newton steps are cheaper. Returns the column potentials g, the plan (rows exact), its marginal
     error and the sweeps run; the plan is None if a plain sweep under- or overflowed"""
     n, m = C.shape
-    if log: la, lb, g = a.log(), b.log(), torch.zeros(m, dtype=C.dtype)
-    else: K, v = torch.exp(-C / reg), torch.ones(m, dtype=C.dtype)
+    if log: la, lb, g = a.log(), b.log(), torch.zeros(m, dtype=C.dtype, device=C.device)
+    else: K, v = torch.exp(-C / reg), torch.ones(m, dtype=C.dtype, device=C.device)
     worth = NEWTON_WHEN * (NEWTON_STEP_SWEEPS if log else max(NEWTON_STEP_SWEEPS, m / 6))   # sweeps that Newton steps cost
     errs = []
     for k in range(1, n_iter + 1):
@@ -249,8 +250,8 @@ def _semidual(C, a, b, reg, g):
 def _newton(C, a, b, reg, g, tol, n_iter):
     "Damped Newton ascent on the semi-dual from the column potentials `g`; returns the plan, the steps, and whether it stalled"
     m = C.shape[1]
-    la, eye = a.log()[:, None], torch.eye(m, dtype=C.dtype)
-    ones = torch.full((m, m), 1.0 / m**2, dtype=C.dtype)          # removes the Hessian's null direction, g + const
+    la, eye = a.log()[:, None], torch.eye(m, dtype=C.dtype, device=C.device)
+    ones = torch.full((m, m), 1.0 / m**2, dtype=C.dtype, device=C.device)          # removes the Hessian's null direction, g + const
     floor = 100 * torch.finfo(C.dtype).eps * b.max().item()       # marginal errors below this are rounding
     Z, lse, F = _semidual(C, a, b, reg, g)
     for k in range(n_iter + 1):
@@ -304,19 +305,25 @@ def _uniform_square(a, b) -> bool:
     return len(a) == len(b) and torch.allclose(a, u, rtol=1e-12, atol=0) and torch.allclose(b, u, rtol=1e-12, atol=0)
 
 def ot_plan(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None,
-            num_iter_max:int=None, tol:float=1e-7) -> torch.Tensor:
-    "The optimal transport plan (n_A, n_B) for cost `C` between masses `a` and `b` (uniform by default): exact, entropic, or the uniform limit"
+            num_iter_max:int=None, tol:float=1e-7, timings:dict=None) -> torch.Tensor:
+    "The optimal transport plan (n_A, n_B) on `C`'s device for cost `C` between masses `a` and `b` (uniform by default): exact (solved on the CPU), entropic, or the uniform limit"
     if solver not in SOLVERS: raise ValueError(f"unknown solver {solver!r}: expected one of {SOLVERS}")
     if solver == 'sinkhorn' and not _is_pos(reg):
         raise ValueError(f"reg must be a positive finite number for solver='sinkhorn', got {reg!r}")
     if not _is_pos(tol): raise ValueError(f"tol must be a positive finite number, got {tol!r}")
     if num_iter_max is not None and (not isinstance(num_iter_max, (int, np.integer)) or isinstance(num_iter_max, bool) or num_iter_max < 1):
         raise ValueError(f"num_iter_max must be a positive integer or None, got {num_iter_max!r}")
-    C = _f64(C, 'C').cpu()
+    C = _f64(C, 'C')
     if C.ndim != 2: raise ValueError(f"C must be a 2-D cost matrix (n_A, n_B), got shape {tuple(C.shape)}")
     if C.numel() == 0: raise ValueError(f"C must have at least one row and one column, got shape {tuple(C.shape)}")
     _check_finite(C, 'C')
-    a, b = _masses(a, C.shape[0], 'a'), _masses(b, C.shape[1], 'b')
+    a, b = _masses(a, C.shape[0], 'a'), _masses(b, C.shape[1], 'b')      # on the CPU
+    dev, moved = C.device, None
+    if dev.type != 'cpu':
+        if solver == 'emd':                                        # the exact solvers are CPU code: the cost goes there, the plan back
+            synchronize(dev); t0 = time.perf_counter()
+            C = C.cpu(); moved = time.perf_counter() - t0
+        else: a, b = a.to(dev), b.to(dev)                         # Sinkhorn and the uniform plan stay on the device
     problems, stalled = [], False
     if solver == 'uniform':
         P, name = a[:, None] * b[None, :], 'uniform plan'              # Sinkhorn's λ → ∞ limit: the cost plays no part
@@ -353,6 +360,9 @@ def ot_plan(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None,
                    "all three are options of ot_plan, transport_map, and fuse/align")
         else: fix = 'raise num_iter_max'
         warnings.warn(f"{name} {'; '.join(problems)}. To fix: {fix}.", OTConvergenceWarning, stacklevel=2)
+    if moved is not None:                                          # the exact plan back to the cost's device, timed with its transfer
+        t0 = time.perf_counter(); P = P.to(dev); synchronize(dev)
+        if timings is not None: timings['emd_transfer'] = timings.get('emd_transfer', 0.0) + moved + time.perf_counter() - t0
     return P
 
 # %% ../nbs/20_ot.ipynb #63f5d64b
@@ -413,7 +423,7 @@ def plan_map(C:torch.Tensor, solver:str='emd', reg:float=0.05, a=None, b=None, n
              timings:dict=None) -> TransportMap:
     "The `TransportMap` of the optimal plan for the cost `C` (n_A, n_B): `ot_plan`, wrapped with its solver and λ"
     t0 = time.perf_counter()
-    P = ot_plan(C, solver, reg, a, b, num_iter_max, tol)
+    P = ot_plan(C, solver, reg, a, b, num_iter_max, tol, timings)
     _tick(timings, 'solves', t0)
     return TransportMap(P, solver, float(reg) if solver == 'sinkhorn' else None)
 
@@ -430,11 +440,11 @@ def transport_map(xa:torch.Tensor, xb:torch.Tensor, solver:str='emd', reg:float=
     _tick(timings, 'costs', t0)
     return plan_map(C, solver, reg, a, b, num_iter_max, tol, timings)
 
-def identity_map(n:int) -> TransportMap:
-    "The map I/n between two layers of width `n` that leaves neurons where they are"
+def identity_map(n:int, device=None) -> TransportMap:
+    "The map I/n between two layers of width `n` that leaves neurons where they are (on `device`: the CPU by default)"
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    return TransportMap(torch.eye(int(n), dtype=torch.float64) / n, 'identity')
+    return TransportMap(torch.eye(int(n), dtype=torch.float64, device=device) / n, 'identity')
 
 def mix_maps(maps:list, weights=None) -> TransportMap:
     "The weighted mean of plans of equal shape (uniform weights by default; weights are >= 0 and sum to 1)"

@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/param.html.md"""
 
 # %% ../nbs/00_param.ipynb #f3ce1c28
 from __future__ import annotations
-import copy, math
+import copy, importlib, math
 from dataclasses import dataclass, field
 import numpy as np
 import torch
@@ -298,8 +298,14 @@ def param_groups(model:nn.Module, lr:float) -> list:
     if stray: raise ValueError(f"parameters outside scaled layers have no learning-rate scaling: {stray[:5]}")
     return [{'params': ps, 'lr': lr * m, 'lr_mult': m} for m, ps in groups.items()]
 
+def _scaling(): return importlib.import_module('cl_scale.scaling')   # (it imports this module: loaded when needed)
+
 def make_optimizer(model:nn.Module, lr:float, opt=torch.optim.SGD, **kwargs) -> torch.optim.Optimizer:
-    "An optimizer (default plain SGD) over `model` with the parameterization's learning-rate scaling applied"
+    """An optimizer (default plain SGD) over `model` with the parameterization's learning-rate scaling applied. SGD (with
+    or without momentum) only: another optimizer needs its own rule (`cl_scale.scaling.scaled_optimizer` has Adam's and
+    AdamW's) and is refused here, never given SGD's. A model put under a parameterization by `scale_model` gets its rule"""
+    if getattr(model, '_cl_scaling', None) is not None: return _scaling().scaled_optimizer(model, lr, opt, **kwargs)
+    _scaling().check_optimizer(opt, kwargs, allowed=('sgd', 'momentum'), scales_weight_decay=False)
     return opt(param_groups(model, lr), lr=lr, **kwargs)
 
 # %% ../nbs/00_param.ipynb #24abfb21
@@ -312,7 +318,9 @@ def constant_factor(step:int, total:int) -> float:
     return 1.0
 
 def lr_mults(model) -> dict:
-    "Learning-rate multiplier of every trainable parameter, by name (1 for parameters outside scaled layers)"
+    "Learning-rate multiplier of every trainable parameter, by name (1 for parameters outside scaled layers); SGD's rule for a model under `scale_model`"
+    plan = getattr(model, '_cl_scaling', None)
+    if plan is not None: return {n: plan.multipliers(n, 'sgd')['lr'] for n, p in model.named_parameters() if p.requires_grad}
     ids = {id(p): g['lr_mult'] for g in param_groups(model, 1.0) for p in g['params']} if any(
         isinstance(m, ScaledLayer) for m in model.modules()) else {}
     return {n: ids.get(id(p), 1.0) for n, p in model.named_parameters() if p.requires_grad}
@@ -380,6 +388,7 @@ class _StackedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         h, V = ctx.saved_tensors
+        g, h = g.to(V.dtype), h.to(V.dtype)   # under bfloat16 autocast the forward ran in bfloat16; the backward runs in V's dtype
         gh = torch.bmm(g, V) if ctx.needs_input_grad[0] else None
         if V[0].numel() <= _WGRAD_LOOP: return gh, torch.bmm(g.mT, h)
         gV = torch.empty_like(V)
@@ -394,6 +403,9 @@ class Batched:
         if len(lrs) != len(models): raise ValueError(f"got {len(lrs)} learning rates for {len(models)} models")
         if not all(isinstance(r, (int, float)) and r > 0 and math.isfinite(r) for r in lrs): raise ValueError(f"lr must be positive, got {lr!r}")
         _check_same_arch(models)
+        if any(getattr(m, '_cl_scaling', None) is not None for m in models):
+            raise ValueError("models put under a parameterization by scale_model keep their multipliers in forward hooks, which "
+                             "batched training cannot vary per model: train them one at a time")
         m0 = models[0]
         can = type(m0) is MLP and m0.act_name in _ACTS       # the package's own MLP with a named (elementwise) activation
         if stacked and not can: raise ValueError(f"the stacked path takes the package's MLP with a named activation, not {type(m0).__name__}")
@@ -503,10 +515,12 @@ def _generators(seed, M):
     return [s if isinstance(s, torch.Generator) else torch.Generator().manual_seed(int(s)) for s in seeds]
 
 def fit(model, n:int, loss_fn, epochs:int, lr=None, seed=0, bs:int=64, optimizer=None, schedule=None, on_epoch=None,
-        shuffle:bool=True, on_step=None, max_loss:float=None, record:bool=False, progress=False, desc:str='') -> Fit:
+        shuffle:bool=True, on_step=None, max_loss:float=None, record:bool=False, progress=False, desc:str='',
+        check_every:int=32) -> Fit:
     "Train `model` (a module, a list of same-shape modules trained batched, or a stepper) for `epochs` passes over `n` examples"
     if not (isinstance(epochs, int) and epochs >= 0 and isinstance(bs, int) and bs >= 1 and isinstance(n, int) and n >= 1):
         raise ValueError(f"need epochs >= 0, bs >= 1 and n >= 1, got {epochs}, {bs}, {n}")
+    if not (isinstance(check_every, int) and check_every >= 1): raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
     if isinstance(model, (Looped, Batched)): eng = model
     elif isinstance(model, (list, tuple)):
         if optimizer is not None: raise ValueError("batched training uses the paper's plain SGD: pass optimizer=None")
@@ -519,7 +533,20 @@ def fit(model, n:int, loss_fn, epochs:int, lr=None, seed=0, bs:int=64, optimizer
     read = record or max_loss is not None
     K, k = epochs * math.ceil(n / bs), 0
     bar = progress if hasattr(progress, 'update') else tqdm(total=K, disable=not progress, leave=False)
-    alive = eng.alive
+    alive, pending = eng.alive, []
+    def flush(ep):
+        "Read the pending steps' losses (one host synchronisation) and judge them step by step, as if read at each step"
+        if not pending: return
+        rows = torch.stack(pending).double().cpu().tolist(); pending.clear()
+        for lv in rows:
+            if max_loss is not None:
+                for i in range(M):
+                    if alive[i] and (not math.isfinite(lv[i]) or lv[i] > max_loss):
+                        out.diverged[i], alive[i] = dict(epoch=ep, step=len(out.losses[i]), loss=lv[i]), False
+            if record:
+                for i in range(M):
+                    if alive[i]: out.losses[i].append(lv[i])
+        bar.set_postfix(loss=f"{np.nanmean(rows[-1]):.3g}")
     for ep in range(epochs):
         if not any(alive): break
         bar.set_description(f"{desc}epoch {ep + 1}/{epochs}")
@@ -529,19 +556,13 @@ def fit(model, n:int, loss_fn, epochs:int, lr=None, seed=0, bs:int=64, optimizer
             if on_step is not None: on_step(k)
             eng.rate(schedule(k, K))
             lt = eng.losses(loss_fn, order[:, b:b + bs], gens[0] if M == 1 else None)
-            if read:
-                lv = lt.tolist()
-                if max_loss is not None:
-                    for i in range(M):
-                        if alive[i] and (not math.isfinite(lv[i]) or lv[i] > max_loss):
-                            out.diverged[i], alive[i] = dict(epoch=ep, step=len(out.losses[i]), loss=lv[i]), False
-                    if not any(alive): break
+            if read: pending.append(lt)
             eng.step()
-            if record:
-                for i in range(M):
-                    if alive[i]: out.losses[i].append(lv[i])
             k += 1; bar.update(1)
-            if read and k % 10 == 0: bar.set_postfix(loss=f"{np.nanmean(lv):.3g}")
+            if len(pending) >= check_every:
+                flush(ep)
+                if not any(alive): break
+        flush(ep)
         if not any(alive): break
         if on_epoch is not None: on_epoch(ep)
     if max_loss is not None:       # a model can end a stage with non-finite weights and a finite last loss

@@ -6,7 +6,7 @@ Docs: https://cl-scale.github.io/cl_scale/sweep.html.md"""
 
 # %% ../nbs/03_sweep.ipynb #b1694bdf
 from __future__ import annotations
-import hashlib, itertools, json, math, multiprocessing, os, queue, socket, sqlite3, threading, time, traceback
+import hashlib, importlib, itertools, json, math, multiprocessing, os, queue, socket, sqlite3, threading, time, traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -18,15 +18,40 @@ from tqdm.auto import tqdm
 from .param import Parameterization, MLP, ResNet
 from .data import StreamConfig, TaskStream, make_stream, joint_task
 from .continual import TrainConfig, train_continual, cl_metrics
+from .device import resolve_device, device_option
 
 # %% auto #0
-__all__ = ['ARCHS', 'RESULTS_DB', 'PRELOAD', 'POOL_START', 'POOL_SLOWDOWN', 'BATCH_MAX_WIDTH', 'STALE', 'HEARTBEAT', 'RunSpec',
-           'Sweep', 'RunList', 'run_store', 'ResultStore', 'run_group', 'LocalPool', 'local_pool', 'close_pools',
-           'pick_executor', 'Reporter', 'run_jobs', 'ModelCache', 'run_sweep', 'summarize']
+__all__ = ['ARCHS', 'RESULTS_DB', 'PRELOAD', 'POOL_START', 'POOL_SLOWDOWN', 'BATCH_MAX_WIDTH', 'STALE', 'HEARTBEAT',
+           'register_arch', 'arch_factory', 'RunSpec', 'Sweep', 'RunList', 'run_store', 'ResultStore', 'run_group',
+           'LocalPool', 'local_pool', 'close_pools', 'pick_executor', 'Reporter', 'run_jobs', 'ModelCache', 'run_sweep',
+           'summarize']
 
 # %% ../nbs/03_sweep.ipynb #b22999f2
 _STREAM = dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5)
 ARCHS = ('mlp', 'resnet')
+_ARCHS = {}     # name → factory(stream, spec) of the architectures registered in this process
+
+def register_arch(name:str, factory):
+    """Let `RunSpec(arch=name)` train your own model: `factory(stream, spec)` returns it (an `nn.Module`, e.g. put under
+    `spec.parameterization()` by `cl_scale.scaling.scale_model`). A name lives in this process: for worker processes or
+    a cluster, give `arch` as 'module:function' instead (an importable factory), which every process can find"""
+    if not isinstance(name, str) or not name.isidentifier() or name in ARCHS:
+        raise ValueError(f"an architecture name must be a Python identifier other than {ARCHS}, got {name!r}")
+    if not callable(factory): raise TypeError(f"factory must be callable as factory(stream, spec), got {factory!r}")
+    _ARCHS[name] = factory
+    return factory
+
+def arch_factory(arch:str):
+    "The factory of a registered architecture or of an importable 'module:function'; a ValueError listing the choices"
+    if arch in _ARCHS: return _ARCHS[arch]
+    if isinstance(arch, str) and ':' in arch:
+        mod, _, fn = arch.partition(':')
+        try: f = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e: raise ValueError(f"arch {arch!r}: cannot import {fn!r} from {mod!r} ({e})") from None
+        if not callable(f): raise ValueError(f"arch {arch!r} is not callable")
+        return f
+    raise ValueError(f"unknown arch {arch!r}: expected one of {ARCHS}, a name given to register_arch ({sorted(_ARCHS)}), "
+                     f"or an importable 'module:function'")
 _TRAIN = dict(epochs=2, n_probe=256, n_ntk=0)
 
 @dataclass
@@ -46,7 +71,7 @@ class RunSpec:
 
     def __post_init__(self):
         if self.param not in ('mup', 'ntp', 'sp'): raise ValueError(f"unknown param {self.param!r}: 'mup', 'ntp' or 'sp'")
-        if self.arch not in ARCHS: raise ValueError(f"unknown arch {self.arch!r}: expected one of {ARCHS}")
+        if self.arch not in ARCHS: arch_factory(self.arch)      # a model of your own: found now, not in a worker
         g = self.gamma0
         if isinstance(g, bool) or not isinstance(g, (int, float, np.integer, np.floating)) or not (math.isfinite(g) and g > 0):
             raise ValueError(f"gamma0 must be a positive finite number, got {g!r}")
@@ -88,14 +113,18 @@ class RunSpec:
         s = make_stream(self.stream_config())
         return TaskStream([joint_task(s)], s.config, s.in_shape, s.n_heads, s.d_out, s.similarity) if self.joint else s
 
-    def make_model(self, stream:TaskStream):
-        "The MLP (or ResNet), initialised from `seed` (so batched and lone runs start from the same weights)"
+    def make_model(self, stream:TaskStream, device=None):
+        "The MLP (or ResNet), initialised from `seed` on the CPU (so batched and lone runs, on any device, start from the same weights), then moved to `device`"
         torch.manual_seed(self.seed)
-        if self.arch == 'resnet':
+        if self.arch not in ARCHS:
+            m = arch_factory(self.arch)(stream, self)
+            if not isinstance(m, torch.nn.Module): raise TypeError(f"arch {self.arch!r} returned {type(m).__name__}, not an nn.Module")
+        elif self.arch == 'resnet':
             if len(stream.in_shape) != 3: raise ValueError(f"arch='resnet' needs images (C, H, W); this stream's samples are {stream.in_shape}")
-            return ResNet(stream.in_shape[0], stream.d_out, self.width, self.depth, self.parameterization(), self.act,
-                          n_heads=stream.n_heads)
-        return MLP(stream.d_in, self.width, self.depth, stream.d_out, self.parameterization(), self.act, n_heads=stream.n_heads)
+            m = ResNet(stream.in_shape[0], stream.d_out, self.width, self.depth, self.parameterization(), self.act,
+                       n_heads=stream.n_heads)
+        else: m = MLP(stream.d_in, self.width, self.depth, stream.d_out, self.parameterization(), self.act, n_heads=stream.n_heads)
+        return m if device is None else m.to(device)
 
     def lr_key(self) -> str:
         "What the learning rate is chosen for: the stream (data, kind, similarity), architecture, parameterization and (μP) γ0"
@@ -333,6 +362,7 @@ class ResultStore:
             r.update({k: v for k, v in (res.get('feature_metrics') or {}).items() if not isinstance(v, list)})
             r['diverged'] = res.get('diverged_at') is not None if res else None
             r['cpu_seconds'] = res.get('cpu_seconds', math.nan)
+            r['device'], r['precision'] = (res.get('config') or {}).get('device'), (res.get('config') or {}).get('precision')
             r['acc'] = np.array(res['acc'], dtype=float) if 'acc' in res else None
             r['loss'] = np.array(res['loss'], dtype=float) if 'loss' in res else None
             recs.append(r)
@@ -340,7 +370,7 @@ class ResultStore:
             spec = sweep.runs()[0].to_dict()
             cols = (['run_id', 'sweep', 'status', 'seconds', 'error'] + [k for k in spec if k not in ('stream', 'train')]
                     + [f"stream.{k}" for k in spec['stream']] + [f"train.{k}" for k in spec['train']]
-                    + list(cl_metrics(np.eye(1))) + ['FA', 'diverged', 'cpu_seconds', 'acc', 'loss'])
+                    + list(cl_metrics(np.eye(1))) + ['FA', 'diverged', 'cpu_seconds', 'device', 'precision', 'acc', 'loss'])
             return pd.DataFrame(columns=cols)
         return pd.DataFrame(recs)
 
@@ -349,16 +379,17 @@ def _record(spec:RunSpec, status, result=None, error=None, seconds=math.nan) -> 
     return dict(run_id=spec.run_id, spec=spec.to_dict(), status=status, result=result, error=error, seconds=seconds,
                 host=socket.gethostname())
 
-def run_group(specs:list, report=None, threads:int=None) -> list:
-    "Train runs that share a `group_key` (batched when there are several); one record per run"
+def run_group(specs:list, report=None, threads:int=None, device='auto') -> list:
+    "Train runs that share a `group_key` (batched when there are several) on `device` (resolved here, in the process that trains); one record per run"
     specs = [RunSpec.from_dict(s) if isinstance(s, dict) else s for s in specs]
     if not specs: return []
     if len({s.group_key() for s in specs}) > 1: raise ValueError("run_group got runs with different group keys")
     if threads: torch.set_num_threads(threads)
     ids, cpu0 = [s.run_id for s in specs], time.process_time()
     try:
+        dev = resolve_device(device)
         stream = specs[0].make_stream()
-        models, cfgs = [s.make_model(stream) for s in specs], [s.train_config() for s in specs]
+        models, cfgs = [s.make_model(stream, dev) for s in specs], [s.train_config() for s in specs]
         T, E = len(stream), cfgs[0].epochs
         on_epoch = (lambda ti, ep: report(note=f"task {ti + 1}/{T} epoch {ep + 1}/{E}")) if report is not None else None
         res = train_continual(models if len(specs) > 1 else models[0], stream, cfgs if len(specs) > 1 else cfgs[0],
@@ -594,6 +625,7 @@ def _cost(job) -> float:
 BATCH_MAX_WIDTH = 512   # wider runs train one at a time under batch='auto' (benchmarks/sweep_batched.py)
 
 def _batch_for(r, batch) -> int:
+    if r.arch not in ARCHS: return 1      # your own model: its multipliers are forward hooks, one model at a time
     if batch == 'auto': return 16 if r.width <= BATCH_MAX_WIDTH else 1
     return batch
 
@@ -612,10 +644,14 @@ def _jobs(todo:list, batch, workers:int) -> list:
 STALE, HEARTBEAT = 120.0, 10.0     # seconds: a claim older than STALE is a dead owner's; the living refresh theirs every HEARTBEAT
 
 def run_sweep(sweep, store:ResultStore, executor=None, workers:int=None, batch='auto',
-              progress:bool=True, stale:float=STALE) -> pd.DataFrame:
+              progress:bool=True, stale:float=STALE, device='auto') -> pd.DataFrame:
     "Run every run of `sweep` (a `Sweep` or `RunList`) that `store` does not have yet, sharing the work with other processes on the store; its finished runs as a DataFrame"
     if not isinstance(store, ResultStore): store = ResultStore(store)
     if batch != 'auto' and (not isinstance(batch, int) or batch < 1): raise ValueError(f"batch must be 'auto' or an integer >= 1, got {batch!r}")
+    # the device is resolved where the runs train (a Dask worker pinned to its own GPU resolves 'auto' to it); a local
+    # run checks it here first, so that a device this machine lacks fails at once, in one line
+    device = device_option(device)
+    if executor is None or isinstance(executor, str): resolve_device(device)
     runs, tried = sweep.runs(), set()
     owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
     n_workers = (workers or os.cpu_count() or 1) if executor is None else (
@@ -639,7 +675,8 @@ def run_sweep(sweep, store:ResultStore, executor=None, workers:int=None, batch='
             busy = store.running(stale)
             free = [r for r in todo if r.run_id not in busy]
             if free:
-                jobs = [dict(name=f"{job[0].run_id[:6]}…(+{len(job) - 1})", specs=[r.to_dict() for r in job], cost=len(job))
+                jobs = [dict(name=f"{job[0].run_id[:6]}…(+{len(job) - 1})", specs=[r.to_dict() for r in job], cost=len(job),
+                             device=device)
                         for job in _jobs(free, batch, n_workers)]
                 run_jobs(jobs, _sweep_job, commit, executor, workers, progress, desc=f"sweep {sweep.name}", unit='run',
                          total=len(runs), initial=len(runs) - len(free), claim=claim)
@@ -655,7 +692,7 @@ def run_sweep(sweep, store:ResultStore, executor=None, workers:int=None, batch='
 
 def _sweep_job(job:dict, report) -> list:
     "A sweep's job in a worker: its group of runs, one record each"
-    return run_group(job['specs'], report)
+    return run_group(job['specs'], report, device=job.get('device', 'auto'))
 
 
 # %% ../nbs/03_sweep.ipynb #07de42a7

@@ -1,7 +1,7 @@
 """Checks of `cl_scale.dmft` beyond the notebook: closed forms and kernels on random inputs (hypothesis), the
 solver = finite network identity for more settings, reproducibility, streams as input, and (slow) a second
 convergence study."""
-import math
+import math, os, warnings
 import numpy as np
 import pytest
 import torch
@@ -177,3 +177,110 @@ def test_coarse_responses_approach_exact_as_blocks_shrink(one_thread):
     err = {k: np.abs(solve_deep(prob, resp_every=k, **kw).loss - ex.loss).max() for k in (2, 4, 16)}
     assert err[2] < min(err[4], err[16]), err
     assert err[2] < 1e-3, err
+
+# ---- the device option (issue 22): the CPU numbers unchanged, every allocation placed, the other devices' paths, bad devices
+from cl_scale.device import DeviceError
+import cl_scale.dmft as dmft
+
+# from the module before the device option (torch 2.13.0+cpu, AVX512, one thread): the last losses of each task, as hex
+_REF_PLATFORM = ('2.13.0+cpu', 'AVX512')
+_REF = {
+    'two64': (['0x1.ecb9f3994dad5p-4', '0x1.6168c2cce17bfp-3'], 1e-9),
+    'two32': (['0x1.fed1ff536cbabp-5', '0x1.2035e4f7e76abp-4'], 1e-4),
+    'deep_exact': (['0x1.68ddaacb92d92p-2', '0x1.81b2e4014e5bdp-2'], 1e-9),
+    'deep_chol': (['0x1.a0a95ddc32d46p-2', '0x1.a9b195a7e8752p-2'], 1e-9),
+    'deep_coarse': (['0x1.cc61a4cf68d50p-2', '0x1.b316daaab47b0p-2'], 1e-4),
+    'fin_deep32': (['0x1.f22e2a0000000p-3', '0x1.9a61ca0000000p-3'], 1e-4),
+}
+
+def _ref_solves(device):
+    "The reference solves (small; all of them about a second on one thread), on `device`: name -> last losses"
+    tiny, small = similarity_problem(0.5, 2, P=6, D=20, seed=1), similarity_problem(0.5, 2, P=4, D=20, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DMFTConvergenceWarning)
+        return {
+            'two64': solve_two_layer(tiny, 2.0, [10, 5], S=300, dtype=torch.float64, snapshot_steps=(0, 10, 15), device=device).loss[-1],
+            'two32': solve_two_layer(tiny, 1.0, 15, S=500, device=device).loss[-1],
+            'deep_exact': solve_deep(small, gamma0=1.0, depth=2, steps=3, S=60, max_iter=3, device=device).loss[-1],
+            'deep_chol': solve_deep(small, gamma0=1.0, depth=2, steps=3, S=200, max_iter=3, damping=0.3, device=device).loss[-1],
+            'deep_coarse': solve_deep(small, gamma0=1.5, depth=3, steps=4, S=150, max_iter=3, resp_every=2, resp_samples=50,
+                                      float32_until=3e-2, smooth_step=True, jitter=1e-6, device=device).loss[-1],
+            'fin_deep32': finite_deep(tiny, 24, 2, 1.0, 6, dtype=torch.float32, readout='centered', device=device)[-1]}
+
+def test_cpu_numbers_unchanged_by_the_device_option(one_thread):
+    "device='cpu' gives the numbers of the module before the option: bitwise on the platform they were made on, else to rounding"
+    got = _ref_solves('cpu')
+    exact = (torch.__version__, torch.backends.cpu.get_cpu_capability()) == _REF_PLATFORM
+    for k, (ref, rtol) in _REF.items():
+        if exact: assert [float(x).hex() for x in got[k]] == ref, k
+        else: np.testing.assert_allclose(got[k], [float.fromhex(x) for x in ref], rtol=rtol, err_msg=k)
+    if not torch.cuda.is_available() and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        auto = _ref_solves('auto')                                              # the default is the CPU here: the same run
+        for k in got: np.testing.assert_array_equal(auto[k], got[k], err_msg=k)
+
+_FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.eye, torch.arange, torch.tensor, torch.as_tensor, torch.randn,
+              torch.rand, torch.randint, torch.randperm, torch.linspace, torch.from_numpy, torch.asarray, torch.scalar_tensor}
+
+def test_every_allocation_names_its_device(one_thread):
+    "Every tensor factory that dmft.py calls in a solve says where (a CPU check that nothing is left on the CPU by default on a GPU)"
+    import sys
+    from torch.overrides import TorchFunctionMode
+    class Unplaced(TorchFunctionMode):
+        def __init__(self): super().__init__(); self.bad, self.seen = set(), 0
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in _FACTORIES:
+                fr = sys._getframe(1)
+                while fr is not None and f'torch{os.sep}' in fr.f_code.co_filename: fr = fr.f_back
+                if fr is not None and fr.f_code.co_filename == dmft.__file__:
+                    self.seen += 1
+                    if 'device' not in kwargs and not (func is torch.from_numpy and fr.f_code.co_name == '_chol'):   # LAPACK's CPU path
+                        self.bad.add((func.__name__, fr.f_code.co_name, fr.f_lineno))
+            return func(*args, **kwargs)
+    p = similarity_problem(0.5, 2, P=4, D=20, seed=1)
+    with warnings.catch_warnings(), Unplaced() as m:
+        warnings.simplefilter('ignore', DMFTConvergenceWarning)
+        solve_two_layer(p, 1.0, 4, S=50, readout='centered', snapshot_steps=(0,), device='cpu')
+        finite_deep(p, 16, 2, 1.0, 3, device='cpu')
+        w = solve_deep(p, depth=3, steps=2, S=100, max_iter=2, damping=0.2, keep_two_time=True, readout='centered', device='cpu')
+        solve_deep(p, depth=3, steps=3, S=30, max_iter=2, init=w, readout='centered', resp_every=2, resp_samples=20,
+                   float32_until=1e-2, device='cpu')
+        orig = dmft._cpu_paths
+        dmft._cpu_paths = lambda dev: False                                    # and the paths taken off the CPU
+        try:
+            solve_two_layer(p, 1.0, 4, S=50, device='cpu')
+            solve_deep(p, depth=3, steps=3, S=100, max_iter=2, resp_every=2, resp_samples=40, damping=0.2, device='cpu')
+        finally: dmft._cpu_paths = orig
+    assert m.seen > 300 and not m.bad, sorted(m.bad)
+
+def test_device_paths_agree_with_the_cpu_paths(one_thread, monkeypatch):
+    "The paths taken off the CPU (cholesky_ex, segment sums as products, every response column, larger batches), forced on the CPU"
+    host = _ref_solves('cpu')
+    monkeypatch.setattr(dmft, '_cpu_paths', lambda dev: False)
+    acc = _ref_solves('cpu')
+    for k in host: np.testing.assert_allclose(acc[k], host[k], rtol=1e-8 if k in ('two64', 'deep_exact', 'deep_chol') else 1e-4, err_msg=k)
+    x = torch.randn(7, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    seg = torch.tensor([0, 2, 2, 1, 0])
+    np.testing.assert_allclose(dmft._segment_sum(x, seg, 3, 1), torch.zeros(7, 3, 3, dtype=torch.float64).index_add_(1, seg, x), rtol=1e-14)
+    K = torch.randn(30, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1)); K = K @ K.T / 40  # well conditioned
+    K_up = K + torch.triu(torch.full_like(K, 7.0), 1)                          # the upper triangle is not read
+    monkeypatch.undo()
+    np.testing.assert_allclose(dmft._chol(K_up, 1e-8), dmft._chol_device(K_up.clone(), K.diagonal().mean().item(), 1e-8), rtol=1e-10, atol=1e-13)
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='a CUDA device is here')
+def test_a_device_that_is_not_here_is_one_clear_error_before_any_work():
+    p = similarity_problem(0.5, 2, P=4, D=20, seed=1)
+    for make in (lambda: DeepConfig(device='cuda'), lambda: solve_deep(p, steps=2, S=10**9, device='cuda'),
+                 lambda: solve_two_layer(p, S=10**12, device='cuda'),          # (an allocation first would fail otherwise)
+                 lambda: finite_deep(p, 10**9, 2, device='cuda:1'), lambda: finite_two_layer(p, 8, device='cuda'),
+                 lambda: convergence_study(p, device='cuda')):
+        with pytest.raises(DeviceError) as e: make()
+        msg = str(e.value)
+        assert "device 'cuda" in msg and 'available here: cpu' in msg and '\n' not in msg, msg
+
+def test_float64_solvers_never_pick_mps(monkeypatch):
+    "MPS has no float64: where it is the GPU, 'auto' means the CPU for the solvers, and 'mps' by name is a DeviceError"
+    monkeypatch.setattr(dmft, 'resolve_device', lambda device='auto': torch.device('mps'))
+    assert dmft._solver_device('auto') == torch.device('cpu') and dmft._solver_device(None) == torch.device('cpu')
+    assert dmft._solver_device('mps', float64=False) == torch.device('mps')           # a float32 network may run there
+    with pytest.raises(DeviceError, match="'mps' was asked for, but the DMFT solvers keep float64"): dmft._solver_device('mps')

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from cl_scale.claims import Claim, VERDICTS
+from cl_scale.device import DeviceError, resolve_device
 from cl_scale.dmft_experiments import (DMFTSuite, EXPERIMENTS, TITLES, SOLVER_SEED0, two_layer_claims, deep_claims,
                                        read_tables, TWO_LAYER_TABLES, DEEP_TABLES)
 
@@ -71,7 +72,15 @@ def test_grids_run_through_the_run_layer_serial_equals_pool_and_resume(runs, nam
     store = run_store(tmp_path)
     before = dict(store._rows('SELECT run_id, finished FROM runs'))
     assert before and all(k.startswith(f'dmft_{name}:') for k in before)
-    EXPERIMENTS[name][0](TINY, tmp_path, progress=False, executor='serial')
-    assert dict(store._rows('SELECT run_id, finished FROM runs')) == before                  # resumed: nothing recomputed
+    assert {r['device'] for r in store.results(f'dmft_{name}').values()} == {str(resolve_device('auto'))}   # where each cell ran
+    EXPERIMENTS[name][0](TINY, tmp_path, progress=False, executor='serial', device='cpu')
+    assert dict(store._rows('SELECT run_id, finished FROM runs')) == before                  # resumed (on any device): nothing recomputed
     for t in res['tables']:
         pd.testing.assert_frame_equal(_no_seconds(pd.read_csv(d/t)), _no_seconds(pd.read_csv(tmp_path/t)))
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='a CUDA device is here')
+@pytest.mark.parametrize('name', list(EXPERIMENTS))
+def test_a_device_that_is_not_here_fails_before_any_cell(name, tmp_path):
+    with pytest.raises(DeviceError, match="device 'cuda' was asked for.*available here: cpu"):
+        EXPERIMENTS[name][0](TINY, tmp_path/'out', progress=False, device='cuda')
+    assert not (tmp_path/'out').exists()

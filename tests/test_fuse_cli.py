@@ -1,7 +1,8 @@
 """The installed console script `cl-scale-fuse` run as a user runs it (a subprocess): a ViT and a permuted copy of it,
 saved with `save_pretrained`, fused with exact OT into a checkpoint that `from_pretrained` loads and that equals the
-original; an error is one line on stderr with exit status 2; `--help` lists every `FusionConfig` field. The notebook
-`32_fuse_cli` tests the library functions. Skipped when `transformers` (the optional extra `cl_scale[hf]`) is absent."""
+original; an error is one line on stderr with exit status 2 (a `--device` this machine lacks too, before any work);
+`--help` lists every `FusionConfig` field. The notebook `32_fuse_cli` tests the library functions. Skipped when
+`transformers` (the optional extra `cl_scale[hf]`) is absent."""
 import json, os, subprocess, sys, tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -41,7 +42,7 @@ def checkpoints(tmp_path_factory):
 
 def test_fuses_a_permuted_copy_back_to_the_original(script, checkpoints, tmp_path):
     vit, a, b = checkpoints
-    r = run(script, a, b, '--calib', 'embedded:digits', '--n-calib', 30, '--solver', 'emd', '--out', tmp_path/'fused')
+    r = run(script, a, b, '--calib', 'embedded:digits', '--n-calib', 30, '--solver', 'emd', '--out', tmp_path/'fused', '--device', 'cpu')
     assert r.returncode == 0, r.stderr
     assert 'fused 2 ViTForImageClassification checkpoints' in r.stdout and 'fusion.json' in r.stdout
     fused = ViTForImageClassification.from_pretrained(tmp_path/'fused')
@@ -52,6 +53,7 @@ def test_fuses_a_permuted_copy_back_to_the_original(script, checkpoints, tmp_pat
     assert rec['calibration']['source'] == 'embedded:digits' and rec['calibration']['count'] == 30
     assert rec['layers'] and all(r['permutation'] and r['top_mass'] == 1 for r in rec['layers'])
     assert set(rec['config']) == {f.name for f in fields(FusionConfig)}
+    assert rec['config']['device'] == 'cpu' and rec['device']['device'] == 'cpu' and rec['device']['dtype'] == 'float32'
 
 def test_an_error_is_one_line_with_status_2(script, checkpoints, tmp_path):
     _, a, _ = checkpoints
@@ -65,4 +67,14 @@ def test_help_lists_every_fusion_option(script):
     r = run(script, '--help')
     assert r.returncode == 0
     for f in fields(FusionConfig): assert '--' + f.name.replace('_', '-') in r.stdout
-    for opt in ('--calib', '--n-calib', '--anchor', '--weights', '--out', '--force', '--seed', '--debug'): assert opt in r.stdout
+    for opt in ('--calib', '--n-calib', '--anchor', '--weights', '--out', '--force', '--seed', '--debug', '--device'): assert opt in r.stdout
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_a_missing_device_is_one_line_before_any_work(script, tmp_path):
+    "--device cuda without a GPU: one line naming the device and what there is, status 2, before any checkpoint is read"
+    r = run(script, tmp_path/'not_read_a', tmp_path/'not_read_b', '--out', tmp_path/'out', '--device', 'cuda')
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cl-scale-fuse: error: device 'cuda' was asked for"), lines
+    assert 'available here: cpu' in lines[0] and 'not_read' not in lines[0]          # the checkpoints were never looked at
+    assert not (tmp_path/'out').exists()

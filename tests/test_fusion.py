@@ -1,6 +1,9 @@
 """Checks of `cl_scale.fusion` beyond the notebook: permutation recovery over many random permutations and model
 shapes (hypothesis), weight-based recovery, heterogeneous BERT fusion in both directions, and the fast cost path
-(input Gram matrices, matrix-product distances) against a plain computation of the definition."""
+(input Gram matrices, matrix-product distances) against a plain computation of the definition; and the `device` option
+(issue 22): CPU fusions equal to values stored from the version before it, inputs on two devices reported by name, a
+device that is not here refused before any work."""
+import math
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -174,3 +177,99 @@ def test_uniform_fusion_averages_with_the_mean_neuron():
         torch.testing.assert_close(sf[f"{k}.bias"], 0.5 * sb[f"{k}.bias"] + 0.5 * sa[f"{k}.bias"].mean(), rtol=0, atol=1e-12)
     g = fuse([a, b], anchor=1, calib_data=x, solver='sinkhorn', reg=1e5)
     assert max((g.state_dict()[k] - v).abs().max().item() for k, v in sf.items()) < 1e-4
+
+# CPU fusions are the fusions of the package before the `device` option (issue 22): digests of the fused parameters
+# (and of one set of Sinkhorn maps) stored from that version, equal to the last bit on the machine that stored them
+# (with 1 or 2 threads). The tolerance, 1e-12 of the absolute sum, leaves room for another BLAS's rounding and none for a
+# change of method or precision.
+def _weights(n:int) -> torch.Tensor:
+    "Fixed weights in [-1, 1], exact in every arithmetic: ((7919 i) mod 101 - 50) / 50"
+    return ((torch.arange(n, dtype=torch.float64) * 7919) % 101 - 50) / 50
+
+def _digest(sd) -> tuple:
+    "A fixed weighted sum of every floating-point entry and the sum of their absolute values, both summed exactly (math.fsum)"
+    v = torch.cat([t.detach().double().flatten().cpu() for t in sd.values() if t.is_floating_point()])
+    return math.fsum((v * _weights(len(v))).tolist()), math.fsum(v.abs().tolist())
+
+FUSION_REFERENCE = {
+    'vit_emd': (-2.245423473514384, 1244.3947201132542),
+    'vit_sinkhorn': (-3.5113367874536197, 1061.4247628237063),
+    'vit_sinkhorn_log': (-2.955696221832185, 1177.6309360315208),
+    'vit_uniform': (-4.161092118054221, 1008.2988866756787),
+    'vit_tokens': (1.0966760544650607, 1324.3138003797067),
+    'vit_per_head': (-2.5390146646418725, 1043.4629730681627),
+    'vit_wts': (1.1105419787490969, 1501.1091609937575),
+    'vit_three': (2.6329479817959602, 1155.3470465093703),
+    'vit_align_maps': (-0.03971860531275001, 9.0),
+    'bert_emd': (24.873500696814258, 1574.2226642341673),
+    'bert_sinkhorn_tied': (15.436138097571192, 1273.190316683431),
+}
+
+@pytest.fixture(scope='module')
+def reference_cases():
+    "The fusions of FUSION_REFERENCE: float32 ViTs (trained models' dtype) under several options, and float64 BERTs with padding"
+    torch.manual_seed(11)
+    va, vb, vc = (ViT(d=32, depth=2, heads=4, mlp=96) for _ in range(3))
+    x = torch.randn(48, 1, 8, 8)
+    ba, bb = (BERT(vocab_size=40, max_len=10, d=24, depth=2, heads=4, mlp=48).double() for _ in range(2))
+    ids = torch.randint(1, 40, (32, 10)); ids[:5, 6:] = 0
+    vit = lambda **o: lambda: fuse([va, vb], anchor=1, calib_data=x, **o).state_dict()
+    return {'vit_emd': vit(), 'vit_sinkhorn': vit(solver='sinkhorn', reg=0.05), 'vit_sinkhorn_log': vit(solver='sinkhorn', reg=0.004),
+            'vit_uniform': vit(solver='uniform'), 'vit_tokens': vit(tokens='window2+cls_last', resid_policy='no_resid'),
+            'vit_per_head': vit(per_head=True, solver='sinkhorn', reg=0.08), 'vit_wts': vit(cost='wts', resid_policy='identity'),
+            'vit_three': lambda: fuse([va, vb, vc], calib_data=x, weights=(0.5, 0.3, 0.2), max_points=300).state_dict(),
+            'vit_align_maps': lambda: {k: m.P for k, m in align(va, vb, x, solver='sinkhorn', reg=0.02, return_maps=True)[1].items()},
+            'bert_emd': lambda: fuse([ba, bb], calib_data=ids).state_dict(),
+            'bert_sinkhorn_tied': lambda: fuse([ba, bb], calib_data=ids, solver='sinkhorn', reg=0.05, qk='tied').state_dict(),
+            'models': (va, vb, x)}
+
+@pytest.mark.parametrize('name', list(FUSION_REFERENCE))
+def test_cpu_fusion_is_unchanged_by_the_device_option(name, reference_cases):
+    (d0, d1), (r0, r1) = _digest(reference_cases[name]()), FUSION_REFERENCE[name]
+    assert abs(d0 - r0) <= 1e-12 * r1 and abs(d1 - r1) <= 1e-12 * r1, (name, (d0, d1), (r0, r1))
+
+def test_an_explicit_cpu_device_is_the_default_here(reference_cases):
+    "device='cpu' computes what the default does on this machine, bit for bit, moves nothing and times no transfer"
+    va, vb, x = reference_cases['models']
+    tm = {}
+    f = fuse([va, vb], anchor=1, calib_data=x, device='cpu', timings=tm).state_dict()
+    ref = reference_cases['vit_emd']()
+    for k, v in ref.items(): assert torch.equal(f[k], v), k
+    assert sorted(tm) == ['activations', 'costs', 'solves', 'weights']
+    assert all(p.device.type == 'cpu' for p in va.parameters())            # the caller's models are where they were
+
+def test_inputs_on_two_devices_are_one_clear_error():
+    "Parents on different devices, or data elsewhere than the models: one ValueError naming each ('meta' stands in for a GPU)"
+    import copy
+    from cl_scale.fusion import model_output
+    from cl_scale.alignment import layer_diagnostics
+    torch.manual_seed(0)
+    a, b, x = ViT(d=16, depth=1, heads=2, mlp=24), ViT(d=16, depth=1, heads=2, mlp=24), torch.randn(6, 1, 8, 8)
+    m = copy.deepcopy(b).to('meta')
+    for f, msg in ((lambda: fuse([a, m, b], calib_data=x), 'fuse: model 0 on cpu, model 1 on meta, model 2 on cpu, calib_data on cpu'),
+                   (lambda: fuse([a, b], calib_data=x.to('meta')), 'calib_data on meta'),
+                   (lambda: align(m, b, x), 'align: model on meta, anchor on cpu'),
+                   (lambda: layer_diagnostics(a, b, x.to('meta')), 'layer_diagnostics: model on cpu, anchor on cpu, calib_data on meta'),
+                   (lambda: model_output(a, {'x': x.to('meta')}), "data['x'] on meta")):
+        with pytest.raises(ValueError, match='must be on one device') as e: f()
+        assert msg in str(e.value), str(e.value)
+    bert = BERT(vocab_size=20, max_len=6, d=16, depth=1, heads=2, mlp=24)
+    with pytest.raises(ValueError, match="calib_data on meta"): fuse([bert, bert], calib_data=torch.randint(1, 20, (4, 6)).to('meta'))
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_a_missing_device_fails_before_any_work(monkeypatch):
+    "device='cuda' without a GPU: a DeviceError (a ValueError) naming it and what there is, before anything is recorded"
+    import cl_scale.fusion as F
+    from cl_scale.device import DeviceError
+    monkeypatch.setattr(F, 'collect_activations', lambda *a, **k: pytest.fail('recorded before the device was resolved'))
+    a = ViT(d=16, depth=1, heads=2, mlp=24)
+    for f in (lambda: fuse([a, a], calib_data=torch.randn(4, 1, 8, 8), device='cuda'), lambda: align(a, a, torch.randn(4, 1, 8, 8), device='cuda:1')):
+        with pytest.raises(DeviceError, match=r"device 'cuda(:1)?' was asked for.*available here: cpu"): f()
+
+def test_mps_has_no_float64_for_fusion(monkeypatch):
+    "Where 'auto' would be Apple's MPS (no float64), a fusion computes on the CPU; asking for 'mps' is a DeviceError saying why"
+    import cl_scale.fusion as F
+    from cl_scale.device import DeviceError
+    monkeypatch.setattr(F, 'resolve_device', lambda device='auto': torch.device('mps'))      # a Mac, seen from here
+    assert F.fusion_device('auto') == torch.device('cpu') and F.fusion_device(None) == torch.device('cpu')
+    with pytest.raises(DeviceError, match="device 'mps': fusion computes .* in float64, which MPS does not have"): F.fusion_device('mps')

@@ -5,7 +5,8 @@ hypothesis draws sizes, point clouds, masses and regularisations, so the guarant
 missed, exact symmetric costs, matrix-product distances that match exact differences, normalised maps) are checked far from the few examples the notebook shows.
 The Sinkhorn solver (sweeps, then Newton when they converge slowly) is checked against POT's Sinkhorn run to
 convergence, on the near-permutation and small-λ costs that made the sweeps slow, and the uniform plan against
-Sinkhorn's large-λ limit."""
+Sinkhorn's large-λ limit. CPU plans and costs are compared with values stored from the version before the `device`
+option (issue 22), and plans stay on their cost's device."""
 import math, time, warnings
 import numpy as np
 import pytest
@@ -379,3 +380,61 @@ def test_uniform_plan_maps():
     assert tm.solver == 'uniform' and tm.reg is None and repr(tm) == 'TransportMap(uniform, 6×4)'
     assert torch.equal(tm.rows, torch.full((6, 4), 0.25, dtype=f64)) and torch.allclose(tm.cols, torch.full((6, 4), 1 / 6, dtype=f64))
     assert tm.sharpness == pytest.approx(0.25) and not tm.is_permutation()
+
+# CPU plans are the plans of the package before the `device` option (issue 22): digests of the plans and costs below,
+# stored from that version. They were equal to the last bit on the machine that stored them (with 1 or 2 threads);
+# the tolerance, 1e-12 of the absolute sum, leaves room for another BLAS's rounding, and none for a change of method or
+# precision (a float32 cost moves a plan's digest by ~1e-8).
+def _weights(n:int) -> torch.Tensor:
+    "Fixed weights in [-1, 1], exact in every arithmetic: ((7919 i) mod 101 - 50) / 50"
+    return ((torch.arange(n, dtype=torch.float64) * 7919) % 101 - 50) / 50
+
+def _digest(t) -> tuple:
+    "A fixed weighted sum of every entry and the sum of their absolute values, both summed exactly (math.fsum)"
+    v = t.detach().double().flatten().cpu()
+    return math.fsum((v * _weights(len(v))).tolist()), math.fsum(v.abs().tolist())
+
+OT_REFERENCE = {
+    'cost': (-0.5666597669396359, 1935.803730085784),
+    'emd_simplex': (0.07766666666666666, 0.9999999999999999),
+    'emd_assignment': (0.091, 1.0),
+    'emd_masses': (0.08988247850301602, 0.9999999999999999),
+    'sinkhorn_plain': (0.014501933957739375, 1.0),
+    'sinkhorn_newton': (0.09100000146011583, 1.0),
+    'sinkhorn_log': (0.07610750690072562, 1.0000000000000004),
+    'sinkhorn_masses': (0.015985828427721224, 1.0000000000000002),
+    'uniform': (-0.00014074074074074076, 1.0),
+    'activation_cost_f32': (-1.8995920540046882, 1883.9294217784802),
+    'via_inputs_f32': (-1.2841295685756398, 703.0750009413398),
+    'transport_map': (0.00031692632094921657, 1.0),
+}
+
+def _ot_cases() -> dict:
+    "The plans and costs of OT_REFERENCE: exact (network simplex, assignment, masses with a zero), Sinkhorn (plain, Newton, log domain, masses), uniform, float32 costs"
+    g = torch.Generator().manual_seed(21)
+    xa, xb = torch.randn(60, 40, generator=g, dtype=f64), torch.randn(45, 40, generator=g, dtype=f64)
+    C, Cs = cost_matrix(xa, xb), cost_matrix(xa, xa[torch.randperm(60, generator=g)] + 0.3 * torch.randn(60, 40, generator=g, dtype=f64))
+    a = torch.rand(60, generator=g, dtype=f64); a[3] = 0; a /= a.sum()
+    ya, yb = torch.randn(50, 900, generator=g), torch.randn(40, 900, generator=g)
+    wa, wb = torch.randn(30, 20, generator=g), torch.randn(25, 20, generator=g)
+    return {'cost': lambda: C, 'emd_simplex': lambda: ot_plan(C), 'emd_assignment': lambda: ot_plan(Cs), 'emd_masses': lambda: ot_plan(C, a=a),
+            'sinkhorn_plain': lambda: ot_plan(C, 'sinkhorn', reg=0.05), 'sinkhorn_newton': lambda: ot_plan(Cs, 'sinkhorn', reg=0.02),
+            'sinkhorn_log': lambda: ot_plan(C, 'sinkhorn', reg=0.003), 'sinkhorn_masses': lambda: ot_plan(C, 'sinkhorn', reg=0.05, a=a),
+            'uniform': lambda: ot_plan(C, 'uniform'), 'activation_cost_f32': lambda: activation_cost(ya, yb),
+            'via_inputs_f32': lambda: cost_via_inputs(input_gram(ya[:20].T, yb[:20].T), wa, wb),
+            'transport_map': lambda: transport_map(ya.double(), yb.double(), 'sinkhorn', reg=0.1, standardize_points=True).P}
+
+@pytest.mark.parametrize('name', list(OT_REFERENCE))
+def test_cpu_plans_are_unchanged_by_the_device_option(name):
+    (d0, d1), (r0, r1) = _digest(_ot_cases()[name]()), OT_REFERENCE[name]
+    assert abs(d0 - r0) <= 1e-12 * r1 and abs(d1 - r1) <= 1e-12 * r1, (name, (d0, d1), (r0, r1))
+
+def test_plans_stay_on_the_cost_device():
+    "On the CPU every plan stays on the CPU and no transfer is timed (only an exact solve off the CPU is); an identity map is made where asked"
+    C = _ot_cases()['cost']()
+    tm = {}
+    for s in SOLVERS:
+        assert ot_plan(C, s, reg=0.1, timings=tm).device == C.device
+        assert plan_map(C, s, reg=0.1, timings=tm).P.device == C.device
+    assert sorted(tm) == ['solves']
+    assert identity_map(4, device='meta').P.device.type == 'meta' and identity_map(4).P.device.type == 'cpu'
