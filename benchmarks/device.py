@@ -136,23 +136,25 @@ def part_precision(args):
     print(f"\n[5] what reduced precision changes in a table, on {args.device}: width 256, 5 permuted-digit tasks, 3 seeds")
     base = RunSpec(width=256, stream=dict(dataset='digits', kind='permuted', n_tasks=5, p=0.5),
                    train=dict(epochs=2, lr=30.0, n_probe=0, n_ntk=0))
-    tables = {}
+    tables, diverged = {}, {}
     with tempfile.TemporaryDirectory() as d:
         for prec in ('fp32', 'tf32', 'bf16'):
             b = replace(base, train={**base.train, **({} if prec == 'fp32' else {'precision': prec})})
             df = run_sweep(Sweep(prec, dict(gamma0=[0.03, 0.1, 0.3, 1.0, 3.0], seed=[0, 1, 2]), b), ResultStore(Path(d)/'p.db'),
                            executor='serial', progress=False, device=args.device)
             tables[prec] = df[~df.diverged.astype(bool)].groupby('gamma0')[['AA', 'CFr']].agg(['mean', 'sem'])
+            diverged[prec] = int(df.diverged.astype(bool).sum())
     t0 = tables['fp32']
     print(f"  {'γ0':>5} " + ' '.join(f"{p + ' AA':>9} {p + ' CFr':>9}" for p in tables) + f" {'AA sem':>8} {'CFr sem':>8}")
     for g in t0.index:
         print(f"  {g:>5g} " + ' '.join(f"{t.loc[g, ('AA', 'mean')]:>9.4f} {t.loc[g, ('CFr', 'mean')]:>9.4f}" for t in tables.values())
               + f" {t0.loc[g, ('AA', 'sem')]:>8.4f} {t0.loc[g, ('CFr', 'sem')]:>8.4f}")
     for p in ('tf32', 'bf16'):
-        dAA = (tables[p][('AA', 'mean')] - t0[('AA', 'mean')]).abs().max(); dCF = (tables[p][('CFr', 'mean')] - t0[('CFr', 'mean')]).abs().max()
-        sem = max(t0[('AA', 'sem')].max(), t0[('CFr', 'sem')].max())
-        print(f"  {p}: largest change against fp32: AA {dAA:.4f}, CFr {dCF:.4f} (largest seed-to-seed standard error {sem:.4f}: "
-              f"{'within' if max(dAA, dCF) <= sem else 'ABOVE'} the noise)")
+        dAA = (tables[p][('AA', 'mean')] - t0[('AA', 'mean')]).abs(); dCF = (tables[p][('CFr', 'mean')] - t0[('CFr', 'mean')]).abs()
+        z = max((dAA / t0[('AA', 'sem')]).max(), (dCF / t0[('CFr', 'sem')]).max())      # each γ0 against its own standard error
+        print(f"  {p}: largest change against fp32: AA {dAA.max():.4f}, CFr {dCF.max():.4f}; largest change in units of that "
+              f"γ0's seed-to-seed standard error: {z:.2f} ({'within' if z <= 1 else 'ABOVE'} the noise of one cell)")
+    print(f"  runs left out as diverged (fp32, tf32, bf16): {', '.join(str(n) for n in diverged.values())} of {len(df)} each")
     return tables
 
 PARTS = dict(cell=part_cell, estimate=part_estimate, dmft=part_dmft, fusion=part_fusion, precision=part_precision)
